@@ -1,0 +1,76 @@
+"""Model zoo registry: `get(name, input_shape, num_classes)`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+
+from keras_kd.models.cnn import build_cnn
+from keras_kd.models.resnet import RESNET_PATTERN, resnet_from_name
+from keras_kd.models.wrn import WRN_PATTERN, wrn_from_name
+
+#: Named intermediate tensors every zoo model exposes (layer names).
+FEATURE_TAPS = ("stem", "stage1", "stage2", "stage3", "embedding")
+
+#: Names listed by `available()`; other `resnet{6n+2}` / `wrn_{6n+4}_{k}` work too.
+ZOO_NAMES = (
+    "resnet8",
+    "resnet14",
+    "resnet20",
+    "resnet32",
+    "resnet44",
+    "resnet56",
+    "resnet110",
+    "resnet8x4",
+    "resnet32x4",
+    "wrn_16_1",
+    "wrn_16_2",
+    "wrn_40_1",
+    "wrn_40_2",
+    "cnn",
+)
+
+
+def available() -> tuple[str, ...]:
+    """Names of the zoo architectures."""
+    return ZOO_NAMES
+
+
+def get(
+    name: str,
+    input_shape: Sequence[int] = (32, 32, 3),
+    num_classes: int = 10,
+) -> keras.Model:
+    """Builds a fresh zoo model.
+
+    Every zoo model is a Functional `keras.Model` mapping images to logits
+    whose layers named `stem`, `stage1`, `stage2`, `stage3` and `embedding`
+    are feature taps (see `keras_kd.taps.tap_model`).
+
+    Example:
+
+    >>> model = get("resnet8", input_shape=(28, 28, 1), num_classes=10)
+    >>> model.output_shape
+    (None, 10)
+    """
+    input_shape = tuple(int(d) for d in input_shape)
+    if len(input_shape) != 3 or min(input_shape) < 1:
+        raise ValueError(
+            f"Zoo models take images (height, width, channels); got input_shape={input_shape}."
+        )
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"`num_classes` must be an integer >= 2, got {num_classes!r}.")
+    if not isinstance(name, str):
+        raise TypeError(f"Model name must be a string, got {name!r}.")
+    key = name.lower()
+    if RESNET_PATTERN.match(key):
+        return resnet_from_name(key, input_shape, num_classes)
+    if WRN_PATTERN.match(key):
+        return wrn_from_name(key, input_shape, num_classes)
+    if key == "cnn":
+        return build_cnn(input_shape, num_classes)
+    raise ValueError(
+        f"Unknown model {name!r}. Available: {', '.join(ZOO_NAMES)} "
+        "(any resnet{6n+2}, resnet8x4/resnet32x4 and wrn_{6n+4}_{k} also work)."
+    )

@@ -1,0 +1,40 @@
+"""keras-kd: knowledge distillation for Keras 3 / TensorFlow."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="keras-kd",
+    version="0.1.0",
+    description="Knowledge distillation for Keras 3: Hinton KD, feature distillation, "
+    "ensemble, student-friendly teachers and online ensembles, inside model.fit.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["keras_kd", "keras_kd.*", "trainers", "trainers.*"]),
+    package_data={"trainers": ["configs/*.yaml"]},
+    install_requires=[
+        # Plain `tensorflow` on Linux pulls no CUDA libraries; GPUs need the
+        # `gpu` extra below (tensorflow[and-cuda]).
+        "tensorflow>=2.21,<2.22",
+        "keras>=3.15,<4",
+        "tensorflow-datasets>=4.9.10,<5",
+        "importlib_resources",  # tfds 4.9.10 imports it but does not declare it
+        "tensorboard>=2.21,<2.22",
+        "numpy>=1.26",
+        "pyyaml>=6",
+    ],
+    extras_require={
+        "gpu": ["tensorflow[and-cuda]>=2.21,<2.22"],
+        "export": ["ai-edge-litert>=2.3"],
+        "plots": ["matplotlib>=3.8", "scikit-learn>=1.4"],
+        "dev": [
+            "pytest>=8",
+            "ruff>=0.6",
+            "ai-edge-litert>=2.3",
+            "matplotlib>=3.8",
+            "scikit-learn>=1.4",
+        ],
+    },
+    entry_points={"console_scripts": ["keras-kd=trainers.cli:main"]},
+    license="Apache-2.0",
+)

@@ -1,0 +1,79 @@
+"""`keras-kd` command line: train-teacher, distill, evaluate, quickstart."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _add_run_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML config file (see trainers/configs/).")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.epochs=3 (repeatable).",
+    )
+    parser.add_argument("--run-name", help="shortcut for --set run_name=NAME.")
+    parser.add_argument("--output-dir", help="shortcut for --set output_dir=DIR.")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="keras-kd", description="Knowledge distillation for Keras 3, from YAML configs."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    teacher = commands.add_parser("train-teacher", help="train a model with cross-entropy only.")
+    _add_run_args(teacher)
+    distill = commands.add_parser("distill", help="distill a student from a trained teacher.")
+    _add_run_args(distill)
+    evaluate = commands.add_parser("evaluate", help="test accuracy, params and FLOPs of a model.")
+    evaluate.add_argument("model", help="a .keras file or a run folder.")
+    evaluate.add_argument("--dataset", default="fashion_mnist")
+    evaluate.add_argument("--data-dir")
+    quick = commands.add_parser(
+        "quickstart", help="the main job: teacher, baseline student and KD student on Fashion-MNIST."
+    )
+    quick.add_argument("--output-dir", default="saved_models")
+    quick.add_argument("--epochs", type=int, default=None, help="student epochs (default: config).")
+    quick.add_argument("--retrain-teacher", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from trainers import runs
+    from trainers.config import ConfigError, load_config
+
+    try:
+        if args.command in ("train-teacher", "distill"):
+            overrides = list(args.overrides)
+            if args.run_name:
+                overrides.append(f"run_name={args.run_name}")
+            if args.output_dir:
+                overrides.append(f"output_dir={args.output_dir}")
+            config = load_config(args.config, overrides)
+            run = runs.train_teacher if args.command == "train-teacher" else runs.distill
+            result = run(config, overwrite=args.overwrite)
+        elif args.command == "evaluate":
+            result = runs.evaluate(args.model, args.dataset, args.data_dir)
+        else:
+            from trainers import quickstart
+
+            result = quickstart.run(args.output_dir, args.epochs, args.retrain_teacher)
+    except (ConfigError, runs.RunError, ValueError, FileNotFoundError) as error:
+        print(f"keras-kd: error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""Typed, validated run configuration (YAML + `--set key=value` overrides).
+
+Unknown keys and wrong types are rejected with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown, missing or of the wrong type."""
+
+
+@dataclasses.dataclass
+class DataConfig:
+    name: Literal["fashion_mnist", "cifar10", "cifar100", "synthetic"] = "fashion_mnist"
+    data_dir: str | None = None
+    batch_size: int = 128
+    subset_fraction: float | None = None
+    validation_fraction: float | None = None
+    subset_seed: int = 0
+    augment: bool = True
+    pad: int = 2
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """A zoo architecture (`arch`) or a saved model (`path`: .keras file or run dir)."""
+
+    arch: str | None = None
+    path: str | None = None
+
+
+@dataclasses.dataclass
+class DistillConfig:
+    method: Literal["kd"] = "kd"
+    temperature: float = 4.0
+    alpha: float = 0.9
+    ce_weight: float | None = None
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    epochs: int = 10
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    learning_rate: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: Literal["cosine", "constant"] = "cosine"
+    steps_per_epoch: int | None = None
+    validation_freq: int = 1
+    jit_compile: bool | Literal["auto"] = "auto"
+    verbose: int = 2
+
+
+@dataclasses.dataclass
+class RunConfig:
+    run_name: str = "run"
+    output_dir: str = "saved_models"
+    seed: int = 0
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    teacher: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    student: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.run_name
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _check_value(path: str, value: Any, annotation: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union or origin is getattr(__import__("types"), "UnionType", None):
+        errors = []
+        for option in typing.get_args(annotation):
+            try:
+                return _check_value(path, value, option)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(f"`{path}`: {value!r} is not valid ({'; '.join(errors)}).")
+    if origin is Literal:
+        choices = typing.get_args(annotation)
+        if value in choices and type(value) is type(next(c for c in choices if c == value)):
+            return value
+        raise ConfigError(f"`{path}` must be one of {list(choices)}, got {value!r}.")
+    if annotation is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"`{path}` must be null, got {value!r}.")
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"`{path}` must be true or false, got {value!r}.")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"`{path}` must be an integer, got {value!r}.")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"`{path}` must be a number, got {value!r}.")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"`{path}` must be a string, got {value!r}.")
+    raise ConfigError(f"`{path}`: unsupported type {annotation}.")
+
+
+def _build(cls, raw: Any, prefix: str):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"`{prefix or 'config'}` must be a mapping, got {raw!r}.")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in raw.items():
+        path = f"{prefix}{key}"
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), sorted(fields), n=1)
+            hint = f" Did you mean `{prefix}{close[0]}`?" if close else ""
+            raise ConfigError(
+                f"Unknown config key `{path}`.{hint} Valid keys here: {', '.join(sorted(fields))}."
+            )
+        annotation = hints[key]
+        if dataclasses.is_dataclass(annotation):
+            kwargs[key] = _build(annotation, value, f"{path}.")
+        else:
+            kwargs[key] = _check_value(path, value, annotation)
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`"train.epochs=3"` -> (["train", "epochs"], 3) (value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"Override {text!r} must look like key.sub=value.")
+    key, raw = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), base: dict | None = None) -> RunConfig:
+    """Reads a YAML config (or `base`), applies overrides, validates everything."""
+    raw: dict = dict(base or {})
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"Config file {path} does not exist.")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"Config file {path} is not valid YAML: {error}") from error
+        if not isinstance(raw, dict):
+            raise ConfigError(f"Config file {path} must hold a mapping at the top level.")
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = raw
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"Override {text!r}: `{key}` is not a section.")
+            node = child
+        node[keys[-1]] = value
+    return validate(_build(RunConfig, raw, ""))
+
+
+def validate(config: RunConfig) -> RunConfig:
+    """Cross-field and range checks."""
+    train, data = config.train, config.data
+    if train.epochs < 1:
+        raise ConfigError(f"`train.epochs` must be >= 1, got {train.epochs}.")
+    if train.learning_rate <= 0:
+        raise ConfigError(f"`train.learning_rate` must be > 0, got {train.learning_rate}.")
+    if train.weight_decay < 0:
+        raise ConfigError(f"`train.weight_decay` must be >= 0, got {train.weight_decay}.")
+    if train.steps_per_epoch is not None and train.steps_per_epoch < 1:
+        raise ConfigError("`train.steps_per_epoch` must be >= 1 or null.")
+    if train.validation_freq < 1:
+        raise ConfigError(f"`train.validation_freq` must be >= 1, got {train.validation_freq}.")
+    if data.batch_size < 1:
+        raise ConfigError(f"`data.batch_size` must be >= 1, got {data.batch_size}.")
+    if config.distill.temperature <= 0:
+        raise ConfigError(f"`distill.temperature` must be > 0, got {config.distill.temperature}.")
+    for section in ("teacher", "student"):
+        model = getattr(config, section)
+        if model.arch and model.path:
+            raise ConfigError(f"`{section}`: give either `arch` or `path`, not both.")
+    if not config.run_name or "/" in config.run_name:
+        raise ConfigError(f"`run_name` must be a non-empty name without '/', got {config.run_name!r}.")
+    return config
+
+
+def dump(config: RunConfig) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

@@ -1,0 +1,264 @@
+"""Training runs behind the CLI: each writes its resolved config, a log,
+TensorBoard events, checkpoints, the final model and results under
+`<output_dir>/<run_name>/`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import keras
+
+import keras_kd
+from keras_kd import data, models
+from trainers.config import RunConfig, dump
+
+LOG = logging.getLogger("keras_kd")
+
+
+class RunError(RuntimeError):
+    """A run cannot start or its inputs are unusable."""
+
+
+def atomic_save(model: keras.Model, path: Path) -> Path:
+    """Saves to a temporary file then renames, so a crash never leaves a truncated model."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    model.save(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def prepare_run_dir(config: RunConfig, overwrite: bool) -> Path:
+    run_dir = config.run_dir
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise RunError(
+                f"Run folder {run_dir} already exists. Pick another run_name "
+                "(--run-name) or pass --overwrite to replace it."
+            )
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", dump(config))
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    LOG.addHandler(handler)
+    LOG.setLevel(logging.INFO)
+    LOG.info("run %s: config\n%s", config.run_name, dump(config))
+    return run_dir
+
+
+def close_log() -> None:
+    for handler in list(LOG.handlers):
+        if isinstance(handler, logging.FileHandler):
+            handler.close()
+            LOG.removeHandler(handler)
+
+
+class EpochLogger(keras.callbacks.Callback):
+    """Writes one line of metrics per epoch into the run log."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        items = " ".join(f"{k}={float(v):.4f}" for k, v in sorted((logs or {}).items()))
+        LOG.info("epoch %d: %s", epoch + 1, items)
+
+
+def datasets(config: RunConfig):
+    """(train, test) pipelines from the `data` section."""
+    cfg = config.data
+    common = dict(data_dir=cfg.data_dir, subset_seed=cfg.subset_seed)
+    train = data.load(
+        cfg.name,
+        "train",
+        cfg.batch_size,
+        subset_fraction=cfg.subset_fraction,
+        validation_fraction=cfg.validation_fraction,
+        augment=cfg.augment,
+        pad=cfg.pad,
+        seed=config.seed,
+        **common,
+    )
+    test = data.load(cfg.name, "test", 512, **common)
+    return train, test
+
+
+def optimizer(config: RunConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    cfg = config.train
+    lr = cfg.learning_rate
+    if cfg.schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=cfg.epochs * steps_per_epoch)
+    wd = cfg.weight_decay or None
+    if cfg.optimizer == "sgd":
+        return keras.optimizers.SGD(lr, momentum=cfg.momentum, nesterov=True, weight_decay=wd)
+    if cfg.optimizer == "adamw":
+        return keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay)
+    return keras.optimizers.Adam(lr, weight_decay=wd)
+
+
+def steps_in(dataset, config: RunConfig) -> int:
+    if config.train.steps_per_epoch:
+        return config.train.steps_per_epoch
+    return int(dataset.cardinality())
+
+
+def load_model_ref(ref: str) -> keras.Model:
+    """A saved model from a `.keras` file or a run folder."""
+    path = Path(ref)
+    if path.is_dir():
+        for name in ("model.keras", "student.keras"):
+            if (path / name).is_file():
+                path = path / name
+                break
+        else:
+            raise RunError(f"Run folder {ref} holds no model.keras or student.keras.")
+    if not path.is_file():
+        raise RunError(f"Model file {ref} does not exist.")
+    try:
+        return keras.models.load_model(path, safe_mode=True)
+    except Exception as error:  # keras raises several types for corrupt files
+        raise RunError(f"Cannot load model {path}: {error}") from error
+
+
+def build_model(section, config: RunConfig, role: str) -> keras.Model:
+    meta = data.info(config.data.name)
+    if section.path:
+        return load_model_ref(section.path)
+    if not section.arch:
+        raise RunError(f"`{role}` needs `arch` (a zoo name) or `path` (a saved model).")
+    return models.get(section.arch, meta.input_shape, meta.num_classes)
+
+
+def callbacks(run_dir: Path, model_file: str) -> list:
+    return [
+        EpochLogger(),
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv")),
+        keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), update_freq="epoch"),
+        keras.callbacks.ModelCheckpoint(str(run_dir / "checkpoints" / model_file)),
+    ]
+
+
+def _fit(model, config, train, test, run_dir, model_file):
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    start = time.perf_counter()
+    history = model.fit(
+        train,
+        epochs=config.train.epochs,
+        steps_per_epoch=config.train.steps_per_epoch,
+        validation_data=test,
+        validation_freq=config.train.validation_freq,
+        callbacks=callbacks(run_dir, model_file),
+        verbose=config.train.verbose,
+        shuffle=False,  # the tf.data pipeline already shuffles
+    )
+    return history, time.perf_counter() - start
+
+
+def _results(run_dir: Path, model: keras.Model, test, train_time: float, extra: dict) -> dict:
+    summary = models.summarize(model)
+    metrics = model.evaluate(test, return_dict=True, verbose=0)
+    results = {
+        "model": model.name,
+        "params": summary.params,
+        "trainable_params": summary.trainable_params,
+        "macs": summary.macs,
+        "test_accuracy": float(metrics["accuracy"]),
+        "train_time_s": round(train_time, 1),
+        **extra,
+    }
+    atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
+    LOG.info("results: %s", json.dumps(results))
+    return results
+
+
+def compile_for_evaluation(model: keras.Model) -> None:
+    model.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"]
+    )
+
+
+def train_teacher(config: RunConfig, overwrite: bool = False) -> dict:
+    """Trains a plain model with cross-entropy (teacher, or a baseline student)."""
+    keras.utils.set_random_seed(config.seed)
+    section = config.teacher if (config.teacher.arch or config.teacher.path) else config.student
+    model = build_model(section, config, "teacher")
+    run_dir = prepare_run_dir(config, overwrite)
+    try:
+        train, test = datasets(config)
+        model.compile(
+            optimizer=optimizer(config, steps_in(train, config)),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+            jit_compile=config.train.jit_compile,
+        )
+        history, seconds = _fit(model, config, train, test, run_dir, "model.keras")
+        atomic_save(model, run_dir / "model.keras")
+        return _results(run_dir, model, test, seconds, {"run_dir": str(run_dir), "epochs": len(history.epoch)})
+    finally:
+        close_log()
+
+
+def distill(config: RunConfig, overwrite: bool = False) -> dict:
+    """Distills `student` from the saved `teacher` with the `distill` section."""
+    keras.utils.set_random_seed(config.seed)
+    if not config.teacher.path:
+        raise RunError("`teacher.path` must name a trained teacher (.keras file or run folder).")
+    teacher = build_model(config.teacher, config, "teacher")
+    student = build_model(config.student, config, "student")
+    cfg = config.distill
+    distiller = keras_kd.Distiller(
+        student, teacher, temperature=cfg.temperature, alpha=cfg.alpha, ce_weight=cfg.ce_weight
+    )
+    run_dir = prepare_run_dir(config, overwrite)
+    try:
+        train, test = datasets(config)
+        distiller.compile(
+            optimizer=optimizer(config, steps_in(train, config)),
+            jit_compile=config.train.jit_compile,
+        )
+        history, seconds = _fit(distiller, config, train, test, run_dir, "distiller.keras")
+        atomic_save(distiller, run_dir / "distiller.keras")
+        atomic_save(distiller.student, run_dir / "student.keras")
+        compile_for_evaluation(student)
+        return _results(
+            run_dir,
+            student,
+            test,
+            seconds,
+            {"run_dir": str(run_dir), "epochs": len(history.epoch), "teacher": config.teacher.path},
+        )
+    finally:
+        close_log()
+
+
+def evaluate(ref: str, dataset: str, data_dir: str | None = None, batch_size: int = 512) -> dict:
+    """Test accuracy, params and MACs of a saved model or run."""
+    model = load_model_ref(ref)
+    if isinstance(model, keras_kd.BaseDistiller):
+        model = model.student
+    meta = data.info(dataset)
+    input_shape = tuple(model.inputs[0].shape[1:]) if getattr(model, "inputs", None) else None
+    if input_shape is not None and tuple(input_shape) != meta.input_shape:
+        raise RunError(
+            f"Model {ref} takes inputs of shape {input_shape} but {dataset} images are {meta.input_shape}."
+        )
+    compile_for_evaluation(model)
+    test = data.load(dataset, "test", batch_size, data_dir=data_dir)
+    metrics = model.evaluate(test, return_dict=True, verbose=0)
+    summary = models.summarize(model, meta.input_shape)
+    return {
+        "model": model.name,
+        "test_accuracy": float(metrics["accuracy"]),
+        "params": summary.params,
+        "macs": summary.macs,
+    }
