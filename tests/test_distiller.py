@@ -2,9 +2,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import np_cross_entropy, np_soft_target, tiny_model
 
 from keras_kd import Distiller, data
+
+from conftest import np_cross_entropy, np_soft_target, tiny_model
 
 
 def make_distiller(**kwargs):
@@ -46,7 +47,7 @@ def test_one_step_gradient_matches_reference(batch):
     grads = tape.gradient(reference, clone.trainable_variables)
     distiller.compile(optimizer=keras.optimizers.SGD(learning_rate=0.1))
     distiller.train_on_batch(x, y)
-    for old, new, grad in zip(before, student.trainable_variables, grads):
+    for old, new, grad in zip(before, student.trainable_variables, grads, strict=False):
         np.testing.assert_allclose(new.numpy(), old - 0.1 * grad.numpy(), atol=1e-5)
 
 
@@ -59,9 +60,9 @@ def test_teacher_is_frozen_and_student_trains():
     }
     distiller.compile(optimizer="adam")
     distiller.fit(data.load("synthetic", "train", 100), epochs=1, verbose=0)
-    for before, after in zip(teacher_before, distiller.teacher.weights):
+    for before, after in zip(teacher_before, distiller.teacher.weights, strict=False):
         np.testing.assert_array_equal(before, after.numpy())  # incl. BN moving stats
-    changed = [not np.array_equal(b, a.numpy()) for b, a in zip(student_before, distiller.student.weights)]
+    changed = [not np.array_equal(b, a.numpy()) for b, a in zip(student_before, distiller.student.weights, strict=False)]
     assert all(changed)
 
 
@@ -90,7 +91,7 @@ def test_keras_round_trip_keeps_predictions_and_optimizer(tmp_path, batch):
     assert (loaded.temperature, loaded.alpha, loaded.ce_weight) == (2.0, 0.6, pytest.approx(0.4))
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), distiller.predict(x, verbose=0))
     assert int(loaded.optimizer.iterations) == int(distiller.optimizer.iterations) == 4
-    for a, b in zip(loaded.optimizer.variables, distiller.optimizer.variables):
+    for a, b in zip(loaded.optimizer.variables, distiller.optimizer.variables, strict=False):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     assert not loaded.teacher.trainable
     loaded.fit(x, y, epochs=1, batch_size=8, verbose=0)  # training continues

@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import np_soft_target
 
 from keras_kd.losses import SoftTargetLoss
+
+from conftest import np_soft_target
 
 
 @pytest.mark.parametrize("shape", [(1, 3), (7, 10), (32, 100)])

@@ -1,9 +1,10 @@
 import keras
 import numpy as np
 import pytest
-from conftest import tiny_model
 
 from keras_kd import models, tap_model
+
+from conftest import tiny_model
 
 TAP_SHAPES_28 = {
     "resnet8": {"stem": (28, 28, 16), "stage1": (28, 28, 16), "stage2": (14, 14, 32),

@@ -39,11 +39,23 @@ class ModelConfig:
 
 
 @dataclasses.dataclass
+class FeatureConfig:
+    """One feature term: `loss` is a short name from `keras_kd.losses.REGISTRY`."""
+
+    teacher_tap: str = "stage3"
+    student_tap: str = "stage3"
+    loss: Literal["hint", "at", "lp"] = "hint"
+    weight: float = 1.0
+    loss_args: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
 class DistillConfig:
     method: Literal["kd"] = "kd"
     temperature: float = 4.0
     alpha: float = 0.9
     ce_weight: float | None = None
+    features: list[FeatureConfig] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -98,6 +110,17 @@ def _check_value(path: str, value: Any, annotation: Any) -> Any:
         if value is None:
             return None
         raise ConfigError(f"`{path}` must be null, got {value!r}.")
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        if not isinstance(value, list):
+            raise ConfigError(f"`{path}` must be a list, got {value!r}.")
+        if dataclasses.is_dataclass(item):
+            return [_build(item, v, f"{path}[{i}].") for i, v in enumerate(value)]
+        return [_check_value(f"{path}[{i}]", v, item) for i, v in enumerate(value)]
+    if annotation is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        raise ConfigError(f"`{path}` must be a mapping, got {value!r}.")
     if annotation is bool:
         if isinstance(value, bool):
             return value
@@ -191,6 +214,15 @@ def validate(config: RunConfig) -> RunConfig:
         raise ConfigError(f"`data.batch_size` must be >= 1, got {data.batch_size}.")
     if config.distill.temperature <= 0:
         raise ConfigError(f"`distill.temperature` must be > 0, got {config.distill.temperature}.")
+    for i, feature in enumerate(config.distill.features):
+        if feature.weight < 0:
+            raise ConfigError(f"`distill.features[{i}].weight` must be >= 0, got {feature.weight}.")
+        from keras_kd import losses
+
+        try:
+            losses.get(feature.loss, **feature.loss_args)
+        except ValueError as error:
+            raise ConfigError(f"`distill.features[{i}].loss_args`: {error}") from error
     for section in ("teacher", "student"):
         model = getattr(config, section)
         if model.arch and model.path:

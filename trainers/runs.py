@@ -216,8 +216,19 @@ def distill(config: RunConfig, overwrite: bool = False) -> dict:
     teacher = build_model(config.teacher, config, "teacher")
     student = build_model(config.student, config, "student")
     cfg = config.distill
+    features = [
+        keras_kd.FeatureTerm(
+            f.teacher_tap, f.student_tap, keras_kd.losses.get(f.loss, **f.loss_args), f.weight
+        )
+        for f in cfg.features
+    ]
     distiller = keras_kd.Distiller(
-        student, teacher, temperature=cfg.temperature, alpha=cfg.alpha, ce_weight=cfg.ce_weight
+        student,
+        teacher,
+        temperature=cfg.temperature,
+        alpha=cfg.alpha,
+        ce_weight=cfg.ce_weight,
+        features=features,
     )
     run_dir = prepare_run_dir(config, overwrite)
     try:

@@ -121,7 +121,7 @@ class BaseDistiller(keras.Model):
             scaled = self.optimizer.scale_loss(scaled)
         variables = self.trainable_variables
         gradients = tape.gradient(scaled, variables)
-        self.optimizer.apply_gradients(zip(gradients, variables))
+        self.optimizer.apply_gradients(zip(gradients, variables, strict=False))
         return self._update_metrics(y, outputs[LOGITS], terms, total)
 
     def test_step(self, data):

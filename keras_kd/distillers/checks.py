@@ -87,7 +87,7 @@ def check_teacher_student(teacher: keras.Model, student: keras.Model) -> tuple[t
 
 
 def _compatible(a: tuple, b: tuple) -> bool:
-    return len(a) == len(b) and all(x is None or y is None or x == y for x, y in zip(a, b))
+    return len(a) == len(b) and all(x is None or y is None or x == y for x, y in zip(a, b, strict=False))
 
 
 def freeze(model: keras.Model) -> keras.Model:

@@ -40,7 +40,7 @@ class DistillationLoss:
         return {}
 
     @classmethod
-    def from_config(cls, config: dict) -> "DistillationLoss":
+    def from_config(cls, config: dict) -> DistillationLoss:
         return cls(**config)
 
     def __repr__(self) -> str:

@@ -1,0 +1,80 @@
+"""Trainable connectors owned by distillers (never part of the student)."""
+
+from __future__ import annotations
+
+import keras
+
+from keras_kd.models.layers import BN_EPSILON, BN_MOMENTUM
+
+
+def _spatial_ratio(student_size: int, teacher_size: int) -> tuple[str, int]:
+    if student_size == teacher_size:
+        return "same", 1
+    if student_size > teacher_size and student_size % teacher_size == 0:
+        return "down", student_size // teacher_size
+    if teacher_size > student_size and teacher_size % student_size == 0:
+        return "up", teacher_size // student_size
+    raise ValueError(
+        f"Cannot map a {student_size}-pixel student map onto a {teacher_size}-pixel teacher map: "
+        "the sizes must divide each other."
+    )
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class HintRegressor(keras.layers.Layer):
+    """FitNet regressor: student map -> teacher map shape (conv + BN + ReLU).
+
+    A 3x3 convolution maps student channels to teacher channels; it has stride
+    `s` when the student map is `s` times larger, and is a stride-`s`
+    transposed convolution when the student map is `s` times smaller
+    (Romero et al., "FitNets: Hints for Thin Deep Nets", ICLR 2015). For
+    rank-2 features (pooled embeddings) it is Dense + BN + ReLU.
+
+    Args:
+        teacher_shape: teacher feature shape without batch, `(H, W, C)` or `(D,)`.
+        activation: `"relu"` (FitNet/CRD default) or `None` for targets that
+            can be negative (e.g. pre-activation WRN stage outputs).
+    """
+
+    def __init__(self, teacher_shape, activation: str | None = "relu", **kwargs):
+        super().__init__(**kwargs)
+        self.teacher_shape = tuple(int(d) for d in teacher_shape)
+        self.activation = activation
+        self.transform = None
+        self.norm = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON)
+        self.act = keras.layers.Activation(activation) if activation else None
+
+    def build(self, input_shape):
+        student_shape = tuple(input_shape[1:])
+        if len(student_shape) != len(self.teacher_shape):
+            raise ValueError(
+                f"Hint regressor cannot map student features of shape {student_shape} to teacher "
+                f"features of shape {self.teacher_shape}: ranks differ."
+            )
+        channels = self.teacher_shape[-1]
+        if len(student_shape) == 1:
+            self.transform = keras.layers.Dense(channels, use_bias=False)
+        elif len(student_shape) == 3:
+            direction, stride = _spatial_ratio(student_shape[0], self.teacher_shape[0])
+            if _spatial_ratio(student_shape[1], self.teacher_shape[1]) != (direction, stride):
+                raise ValueError(
+                    f"Student map {student_shape[:2]} and teacher map {self.teacher_shape[:2]} "
+                    "differ by different factors in height and width."
+                )
+            layer = keras.layers.Conv2DTranspose if direction == "up" else keras.layers.Conv2D
+            self.transform = layer(channels, 3, strides=stride, padding="same", use_bias=False)
+        else:
+            raise ValueError(f"Hint regressor needs (H, W, C) or (D,) features, got {student_shape}.")
+        self.transform.build(input_shape)
+        self.norm.build((*input_shape[:1], *self.teacher_shape))
+        self.built = True
+
+    def call(self, inputs, training=None):
+        x = self.norm(self.transform(inputs), training=training)
+        return self.act(x) if self.act is not None else x
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], *self.teacher_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "teacher_shape": self.teacher_shape, "activation": self.activation}
