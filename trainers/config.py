@@ -91,6 +91,20 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+#: annotation -> (accepts value?, conversion, what the message asks for)
+SCALARS = {
+    bool: (lambda v: isinstance(v, bool), bool, "true or false"),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), int, "an integer"),
+    float: (_is_number, float, "a number"),
+    str: (lambda v: isinstance(v, str), str, "a string"),
+    dict: (lambda v: isinstance(v, dict), dict, "a mapping"),
+}
+
+
 def _check_value(path: str, value: Any, annotation: Any) -> Any:
     origin = typing.get_origin(annotation)
     if origin is typing.Union or origin is getattr(__import__("types"), "UnionType", None):
@@ -117,26 +131,11 @@ def _check_value(path: str, value: Any, annotation: Any) -> Any:
         if dataclasses.is_dataclass(item):
             return [_build(item, v, f"{path}[{i}].") for i, v in enumerate(value)]
         return [_check_value(f"{path}[{i}]", v, item) for i, v in enumerate(value)]
-    if annotation is dict:
-        if isinstance(value, dict):
-            return dict(value)
-        raise ConfigError(f"`{path}` must be a mapping, got {value!r}.")
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"`{path}` must be true or false, got {value!r}.")
-    if annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"`{path}` must be an integer, got {value!r}.")
-    if annotation is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"`{path}` must be a number, got {value!r}.")
-    if annotation is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"`{path}` must be a string, got {value!r}.")
+    if annotation in SCALARS:
+        accepts, convert, expected = SCALARS[annotation]
+        if accepts(value):
+            return convert(value)
+        raise ConfigError(f"`{path}` must be {expected}, got {value!r}.")
     raise ConfigError(f"`{path}`: unsupported type {annotation}.")
 
 

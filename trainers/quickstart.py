@@ -4,6 +4,7 @@ without and with Hinton KD, and print a comparison table."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from trainers import runs
@@ -13,11 +14,11 @@ CONFIGS = Path(__file__).parent / "configs"
 
 
 def format_table(rows: list[dict]) -> str:
-    header = f"| {'role':<18} | {'model':<9} | {'params':>8} | {'MACs':>11} | {'test acc':>8} | {'train s':>7} |"
+    header = f"| {'role':<19} | {'model':<9} | {'params':>8} | {'MACs':>11} | {'test acc':>8} | {'train s':>7} |"
     lines = [header, "|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|"]
     for row in rows:
         lines.append(
-            f"| {row['role']:<18} | {row['model']:<9} | {row['params']:>8,} | {row['macs']:>11,} "
+            f"| {row['role']:<19} | {row['model']:<9} | {row['params']:>8,} | {row['macs']:>11,} "
             f"| {100 * row['test_accuracy']:>7.2f}% | {row.get('train_time_s', 0):>7.1f} |"
         )
     return "\n".join(lines)
@@ -35,6 +36,9 @@ def run(output_dir: str = "saved_models", epochs: int | None = None, retrain_tea
     else:
         print(f"Reusing the teacher in {teacher_dir}", flush=True)
         teacher = runs.evaluate(str(teacher_dir), teacher_config.data.name)
+        recorded = teacher_dir / "results.json"
+        if recorded.is_file():
+            teacher["train_time_s"] = json.loads(recorded.read_text()).get("train_time_s", 0.0)
         teacher["role"] = "teacher (reused)"
     student_overrides = [f"output_dir={output_dir}/quickstart", f"teacher.path={teacher_dir}"]
     if epochs:
@@ -52,4 +56,5 @@ def run(output_dir: str = "saved_models", epochs: int | None = None, retrain_tea
     kd["role"] = "student (Hinton KD)"
     table = format_table([teacher, baseline, kd])
     print("\nFashion-MNIST, 10% class-balanced training subset, full test set:\n" + table, flush=True)
+    (Path(output_dir) / "quickstart" / "table.md").write_text(table + "\n")
     return {"teacher": teacher, "baseline": baseline, "kd": kd}

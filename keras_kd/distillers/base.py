@@ -113,7 +113,7 @@ class BaseDistiller(keras.Model):
             outputs = self(x, training=True, features=True)
             terms = self.compute_terms(x, y, outputs, training=True)
             total = self._total(terms)
-            regularization = self.losses
+            regularization = self.student.losses  # weight penalties; the teacher's are constants
             if regularization:
                 total = total + ops.cast(ops.sum(regularization), "float32")
             # Gradients of the mean over the GLOBAL batch: divide by replicas.

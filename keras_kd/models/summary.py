@@ -103,7 +103,7 @@ def summarize(model: keras.Model, input_shape: Sequence[int] | None = None) -> M
     >>> from keras_kd import models
     >>> s = summarize(models.get("resnet8", (32, 32, 3), 10))
     >>> s.params, s.macs
-    (78042, 12339840)
+    (78714, 12501632)
     """
     total, trainable = count_params(model)
     return ModelSummary(model.name, total, trainable, count_macs(model, input_shape))

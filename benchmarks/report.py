@@ -1,0 +1,17 @@
+"""Writes named sections of the docs pages, keeping the other sections."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+
+def write_section(path: str, key: str, title: str, body: str) -> None:
+    """Replaces (or appends) the block between `<!-- key:start -->` and `<!-- key:end -->`."""
+    file = Path(path)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    text = file.read_text() if file.exists() else "# keras-kd benchmarks\n"
+    block = f"<!-- {key}:start -->\n## {title}\n\n{body.strip()}\n<!-- {key}:end -->"
+    pattern = re.compile(rf"<!-- {key}:start -->.*?<!-- {key}:end -->", re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    file.write_text(text)
