@@ -91,6 +91,14 @@ def test_cli_train_distill_evaluate_end_to_end(tmp_path, capsys):
     assert evaluated["test_accuracy"] == pytest.approx(result["test_accuracy"], abs=1e-6)
     assert evaluated["params"] == result["params"]
 
+    code, out, err = run_cli(
+        ["export", str(kd_dir), "--quantize", "dynamic", "--dataset", "synthetic"], capsys
+    )
+    assert code == 0, err
+    report = json.loads(out)
+    assert (kd_dir / "resnet8_dynamic.tflite").is_file() and (kd_dir / "resnet8_dynamic.json").is_file()
+    assert report["images"] == 300 and report["top1_agreement"] >= 0.9
+
     # An existing run is never silently replaced.
     code, out, err = run_cli(
         ["distill", "--output-dir", out_dir, "--run-name", "kd",

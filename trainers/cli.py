@@ -1,4 +1,4 @@
-"""`keras-kd` command line: train-teacher, distill, evaluate, quickstart."""
+"""`keras-kd` command line: train-teacher, distill, evaluate, export, quickstart."""
 
 from __future__ import annotations
 
@@ -38,6 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("model", help="a .keras file or a run folder.")
     evaluate.add_argument("--dataset", default="fashion_mnist")
     evaluate.add_argument("--data-dir")
+    export = commands.add_parser("export", help="TFLite export with a Keras parity report.")
+    export.add_argument("model", help="a .keras file or a run folder (a distiller exports its student).")
+    export.add_argument("--format", choices=["tflite"], default="tflite")
+    export.add_argument("--quantize", choices=["none", "dynamic", "int8"], default="none")
+    export.add_argument("--dataset", default="fashion_mnist", help="test set of the report; int8 calibrates on its train split.")
+    export.add_argument("--data-dir")
+    export.add_argument("--output", help="path of the .tflite file (default: beside the model).")
+    export.add_argument("--max-images", type=int, help="limit the parity report to N test images.")
     quick = commands.add_parser(
         "quickstart", help="the main job: teacher, baseline student and KD student on Fashion-MNIST."
     )
@@ -62,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
             config = load_config(args.config, overrides)
             run = runs.train_teacher if args.command == "train-teacher" else runs.distill
             result = run(config, overwrite=args.overwrite)
+        elif args.command == "export":
+            result = runs.export_run(
+                args.model, args.quantize, args.dataset, args.data_dir, args.output, args.max_images
+            )
         elif args.command == "evaluate":
             result = runs.evaluate(args.model, args.dataset, args.data_dir)
         else:

@@ -273,3 +273,31 @@ def evaluate(ref: str, dataset: str, data_dir: str | None = None, batch_size: in
         "params": summary.params,
         "macs": summary.macs,
     }
+
+
+def export_run(
+    ref: str,
+    quantize: str = "none",
+    dataset: str = "fashion_mnist",
+    data_dir: str | None = None,
+    output: str | None = None,
+    max_images: int | None = None,
+) -> dict:
+    """TFLite file of a saved model or run, plus its parity report (JSON beside it)."""
+    from keras_kd import export
+
+    model = export.deployable(load_model_ref(ref))
+    source = Path(ref)
+    folder = source if source.is_dir() else source.parent
+    suffix = "" if quantize == "none" else f"_{quantize}"
+    path = Path(output) if output else folder / f"{model.name}{suffix}.tflite"
+    calibration = data.load(dataset, "train", 64, data_dir=data_dir, augment=False, shuffle=True, seed=0)
+    try:
+        export.export_tflite(model, path, quantize, representative_data=calibration)
+    except export.ExportError as error:
+        raise RunError(str(error)) from error
+    test = data.load(dataset, "test", 256, data_dir=data_dir)
+    report = export.parity_report(model, path, test, max_images=max_images)
+    report["quantize"] = quantize
+    atomic_write_text(path.with_suffix(".json"), json.dumps(report, indent=2))
+    return report

@@ -58,7 +58,7 @@ def synthetic_arrays(split: str, num_examples: int | None = None, seed: int = 12
     labels = (np.arange(count) % meta.num_classes).astype(np.int32)
     noise_rng.shuffle(labels)
     noise = noise_rng.normal(size=(count, *meta.input_shape)).astype(np.float32)
-    images = 128 + 48 * templates[labels] + 40 * noise
+    images = 128 + 48 * templates[labels] + 24 * noise
     return np.clip(images, 0, 255).astype(np.uint8), labels
 
 
