@@ -163,3 +163,32 @@ def test_cli_feature_distillation_run(tmp_path, capsys):
     assert code == 0, err
     header = (tmp_path / "runs" / "fitnet" / "history.csv").read_text().splitlines()[0]
     assert "hint_loss" in header and "val_hint_loss" in header
+
+
+def test_tensorboard_event_files_hold_the_expected_tags(tmp_path, capsys):
+    from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
+
+    out_dir = str(tmp_path / "runs")
+    assert run_cli(["train-teacher", "--output-dir", out_dir, "--run-name", "t",
+                    "--set", "teacher.arch=cnn", *sum((["--set", o] for o in TINY), [])], capsys)[0] == 0
+    code, _, err = run_cli(
+        ["distill", "--output-dir", out_dir, "--run-name", "at",
+         "--set", f"teacher.path={tmp_path / 'runs' / 't'}", "--set", "student.arch=resnet8",
+         "--set", "distill.features=[{teacher_tap: stage3, student_tap: stage3, loss: at, weight: 10.0}]",
+         *sum((["--set", o] for o in TINY), [])],
+        capsys,
+    )
+    assert code == 0, err
+    board = tmp_path / "runs" / "at" / "tensorboard"
+    train = EventAccumulator(str(board / "train"))
+    train.Reload()
+    tags = set(train.Tags()["tensors"])
+    for tag in ("epoch_loss", "epoch_student_loss", "epoch_distillation_loss", "epoch_at_loss",
+                "epoch_accuracy", "epoch_learning_rate", "config", "hparams"):
+        assert tag in tags, (tag, sorted(tags))
+    validation = EventAccumulator(str(board / "validation"))
+    validation.Reload()
+    assert {"epoch_at_loss", "epoch_accuracy"} <= set(validation.Tags()["tensors"])
+    projector = board / "projector"
+    assert (projector / "projector_config.pbtxt").is_file()
+    assert len((projector / "metadata.tsv").read_text().splitlines()) == 300

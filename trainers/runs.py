@@ -4,6 +4,7 @@ TensorBoard events, checkpoints, the final model and results under
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -139,9 +140,39 @@ def build_model(section, config: RunConfig, role: str) -> keras.Model:
     return models.get(section.arch, meta.input_shape, meta.num_classes)
 
 
-def callbacks(run_dir: Path, model_file: str) -> list:
+class RunSummaries(keras.callbacks.Callback):
+    """TensorBoard text of the resolved config at the start of training."""
+
+    def __init__(self, run_dir: Path, config: RunConfig):
+        super().__init__()
+        self.logdir = str(run_dir / "tensorboard" / "train")
+        self.config = config
+
+    def on_train_begin(self, logs=None):
+        import tensorflow as tf
+
+        with tf.summary.create_file_writer(self.logdir).as_default():
+            tf.summary.text("config", "```\n" + dump(self.config) + "```", step=0)
+            hparams = {**dataclasses.asdict(self.config.distill), **dataclasses.asdict(self.config.train)}
+            rows = "\n".join(f"| {k} | {v} |" for k, v in hparams.items())
+            tf.summary.text("hparams", "| hparam | value |\n|---|---|\n" + rows, step=0)
+
+
+def write_run_projector(run_dir: Path, model: keras.Model, test) -> None:
+    """Test-set embeddings of the model's `embedding` layer for the projector (zoo models)."""
+    from keras_kd.projector import collect_embeddings, write_projector
+
+    if "embedding" not in [layer.name for layer in getattr(model, "layers", [])]:
+        LOG.info("no `embedding` layer: projector embeddings skipped")
+        return
+    embeddings, labels = collect_embeddings(model, test)
+    write_projector(run_dir / "tensorboard" / "projector", embeddings, labels)
+
+
+def callbacks(run_dir: Path, model_file: str, config: RunConfig) -> list:
     return [
         EpochLogger(),
+        RunSummaries(run_dir, config),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv")),
         keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), update_freq="epoch"),
         keras.callbacks.ModelCheckpoint(str(run_dir / "checkpoints" / model_file)),
@@ -157,7 +188,7 @@ def _fit(model, config, train, test, run_dir, model_file):
         steps_per_epoch=config.train.steps_per_epoch,
         validation_data=test,
         validation_freq=config.train.validation_freq,
-        callbacks=callbacks(run_dir, model_file),
+        callbacks=callbacks(run_dir, model_file, config),
         verbose=config.train.verbose,
         shuffle=False,  # the tf.data pipeline already shuffles
     )
@@ -203,6 +234,7 @@ def train_teacher(config: RunConfig, overwrite: bool = False) -> dict:
         )
         history, seconds = _fit(model, config, train, test, run_dir, "model.keras")
         atomic_save(model, run_dir / "model.keras")
+        write_run_projector(run_dir, model, test)
         return _results(run_dir, model, test, seconds, {"run_dir": str(run_dir), "epochs": len(history.epoch)})
     finally:
         close_log()
@@ -240,6 +272,7 @@ def distill(config: RunConfig, overwrite: bool = False) -> dict:
         history, seconds = _fit(distiller, config, train, test, run_dir, "distiller.keras")
         atomic_save(distiller, run_dir / "distiller.keras")
         atomic_save(distiller.student, run_dir / "student.keras")
+        write_run_projector(run_dir, student, test)
         compile_for_evaluation(student)
         return _results(
             run_dir,
