@@ -163,6 +163,17 @@ def test_cli_feature_distillation_run(tmp_path, capsys):
     assert code == 0, err
     header = (tmp_path / "runs" / "fitnet" / "history.csv").read_text().splitlines()[0]
     assert "hint_loss" in header and "val_hint_loss" in header
+    code, _, err = run_cli(
+        ["distill", "--output-dir", out_dir, "--run-name", "mirrored_bf16",
+         "--set", f"teacher.path={tmp_path / 'runs' / 't'}", "--set", "student.arch=cnn",
+         "--set", "train.strategy=mirrored", "--set", "train.mixed_precision=mixed_bfloat16",
+         *sum((["--set", o] for o in TINY), [])],
+        capsys,
+    )
+    assert code == 0, err
+    student = keras.models.load_model(tmp_path / "runs" / "mirrored_bf16" / "student.keras")
+    assert student.layers[1].compute_dtype == "bfloat16"
+    assert "MirroredStrategy over 1 replica" in (tmp_path / "runs" / "mirrored_bf16" / "train.log").read_text()
 
 
 def test_tensorboard_event_files_hold_the_expected_tags(tmp_path, capsys):

@@ -68,6 +68,8 @@ class TrainConfig:
     schedule: Literal["cosine", "constant"] = "cosine"
     steps_per_epoch: int | None = None
     validation_freq: int = 1
+    mixed_precision: Literal["none", "mixed_float16", "mixed_bfloat16"] = "none"
+    strategy: Literal["default", "mirrored"] = "default"
     jit_compile: bool | Literal["auto"] = "auto"
     verbose: int = 2
 

@@ -4,6 +4,7 @@ TensorBoard events, checkpoints, the final model and results under
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -57,6 +58,10 @@ def prepare_run_dir(config: RunConfig, overwrite: bool) -> Path:
     LOG.addHandler(handler)
     LOG.setLevel(logging.INFO)
     LOG.info("run %s: config\n%s", config.run_name, dump(config))
+    import tensorflow as tf
+
+    strategy = tf.distribute.get_strategy()
+    LOG.info("%s over %d replica(s)", type(strategy).__name__, strategy.num_replicas_in_sync)
     return run_dir
 
 
@@ -218,8 +223,39 @@ def compile_for_evaluation(model: keras.Model) -> None:
     )
 
 
+@contextlib.contextmanager
+def precision(config: RunConfig):
+    """Applies `train.mixed_precision` and `train.strategy` to the models built
+    inside (MirroredStrategy uses every local GPU, or the CPU), then restores
+    float32."""
+    import tensorflow as tf
+
+    policy = config.train.mixed_precision
+    keras.mixed_precision.set_global_policy("float32" if policy == "none" else policy)
+    strategy = tf.distribute.MirroredStrategy() if config.train.strategy == "mirrored" else None
+    try:
+        if strategy is None:
+            yield
+        else:
+            with strategy.scope():
+                yield
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
 def train_teacher(config: RunConfig, overwrite: bool = False) -> dict:
     """Trains a plain model with cross-entropy (teacher, or a baseline student)."""
+    with precision(config):
+        return _train_plain(config, overwrite)
+
+
+def distill(config: RunConfig, overwrite: bool = False) -> dict:
+    """Distills `student` from the saved `teacher` with the `distill` section."""
+    with precision(config):
+        return _distill(config, overwrite)
+
+
+def _train_plain(config: RunConfig, overwrite: bool) -> dict:
     keras.utils.set_random_seed(config.seed)
     section = config.teacher if (config.teacher.arch or config.teacher.path) else config.student
     model = build_model(section, config, "teacher")
@@ -240,8 +276,7 @@ def train_teacher(config: RunConfig, overwrite: bool = False) -> dict:
         close_log()
 
 
-def distill(config: RunConfig, overwrite: bool = False) -> dict:
-    """Distills `student` from the saved `teacher` with the `distill` section."""
+def _distill(config: RunConfig, overwrite: bool) -> dict:
     keras.utils.set_random_seed(config.seed)
     if not config.teacher.path:
         raise RunError("`teacher.path` must name a trained teacher (.keras file or run folder).")
