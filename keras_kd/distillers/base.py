@@ -38,6 +38,14 @@ def cross_entropy(labels, logits):
     )
 
 
+def is_multi_worker(strategy=None) -> bool:
+    """True for a MultiWorkerMirroredStrategy that spans several workers."""
+    strategy = strategy or tf.distribute.get_strategy()
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
+        strategy.extended._in_multi_worker_mode()
+    )
+
+
 def check_weights(weights: dict[str, float]) -> dict[str, float]:
     """Weights must be finite numbers >= 0 and not all zero."""
     checked = {name: check_non_negative(name, value) for name, value in weights.items()}
@@ -83,6 +91,30 @@ class BaseDistiller(keras.Model):
         self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.term_trackers = {name: keras.metrics.Mean(name=name) for name in term_names}
+
+    def mark_built(self) -> None:
+        """Call at the end of a subclass `__init__`: every sub-network and adapter
+        already has its weights, so Keras' symbolic build (which fails under
+        MultiWorkerMirroredStrategy, keras-team/keras#20585) is skipped and
+        `.keras` saves keep the optimizer state."""
+        self.built = True
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras 3.15 reduces a per-replica batch here, which fails under
+        # MultiWorkerMirroredStrategy (keras-team/keras#20585). A distiller is
+        # built at construction, so only the optimizer needs its variables.
+        if is_multi_worker(self.distribute_strategy):
+            if self._compile_metrics is not None:
+                raise ValueError(
+                    "compile(metrics=...) is not supported under MultiWorkerMirroredStrategy; "
+                    "the distiller already reports `accuracy` and every loss term."
+                )
+            if self.optimizer is not None and not self.optimizer.built:
+                with self.distribute_strategy.scope():
+                    self.optimizer.build(self.trainable_variables)
+            self._post_build()
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     # -- what subclasses provide ------------------------------------------------
 
@@ -187,5 +219,9 @@ class BaseDistiller(keras.Model):
         self.accuracy_tracker.update_state(y, logits)
         if self._compile_metrics is not None:
             self._compile_metrics.update_state(y, logits)
-        return self.get_metrics_result()
+        results = self.get_metrics_result()
+        if is_multi_worker():
+            # Keras reduces step outputs over axis 0 across workers: scalars fail.
+            results = {name: ops.reshape(value, (1,)) for name, value in results.items()}
+        return results
 

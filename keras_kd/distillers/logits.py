@@ -120,6 +120,7 @@ class Distiller(BaseDistiller):
             tap_model(teacher, [term.teacher_tap for term in features]) if features else None
         )
         self.adapters = self._build_adapters()
+        self.mark_built()
 
     def _build_adapters(self) -> dict:
         adapters = {}
