@@ -5,9 +5,9 @@ Public API: `Distiller` (Hinton KD + feature terms), `FeatureTerm`, `keras_kd.lo
 """
 
 from keras_kd import data, losses, models
-from keras_kd.distillers import BaseDistiller, Distiller, FeatureTerm, LossTerm
+from keras_kd.distillers import BaseDistiller, Distiller, FeatureTerm, LossTerm, Supervised
 from keras_kd.taps import tap_model
 
 __version__ = "0.1.0"
 
-__all__ = ["BaseDistiller", "Distiller", "FeatureTerm", "LossTerm", "data", "losses", "models", "tap_model"]
+__all__ = ["BaseDistiller", "Distiller", "FeatureTerm", "LossTerm", "Supervised", "data", "losses", "models", "tap_model"]

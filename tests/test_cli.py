@@ -67,7 +67,7 @@ def test_cli_train_distill_evaluate_end_to_end(tmp_path, capsys):
     for name in ("config.yaml", "train.log", "history.csv", "results.json", "model.keras"):
         assert (teacher_dir / name).is_file(), name
     assert list((teacher_dir / "tensorboard").rglob("*tfevents*"))
-    assert (teacher_dir / "checkpoints" / "model.keras").is_file()
+    assert (teacher_dir / "checkpoints" / "trainer.keras").is_file()
     assert "epoch 1:" in (teacher_dir / "train.log").read_text()
 
     code, out, err = run_cli(

@@ -8,6 +8,8 @@ import keras_kd.adapters
 import keras_kd.data.pipeline
 import keras_kd.distillers.features
 import keras_kd.distillers.logits
+import keras_kd.distillers.supervised
+import keras_kd.export
 import keras_kd.losses
 import keras_kd.losses.attention
 import keras_kd.losses.hint
@@ -22,6 +24,8 @@ MODULES = [
     keras_kd.data.pipeline,
     keras_kd.distillers.features,
     keras_kd.distillers.logits,
+    keras_kd.distillers.supervised,
+    keras_kd.export,
     keras_kd.losses,
     keras_kd.losses.attention,
     keras_kd.losses.hint,

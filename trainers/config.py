@@ -69,7 +69,8 @@ class TrainConfig:
     steps_per_epoch: int | None = None
     validation_freq: int = 1
     mixed_precision: Literal["none", "mixed_float16", "mixed_bfloat16"] = "none"
-    strategy: Literal["default", "mirrored"] = "default"
+    strategy: Literal["default", "mirrored", "multiworker"] = "default"
+    sync_batchnorm: bool = False
     jit_compile: bool | Literal["auto"] = "auto"
     verbose: int = 2
 

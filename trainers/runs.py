@@ -42,8 +42,17 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def worker_index() -> int:
+    """This process' index among MultiWorkerMirroredStrategy workers (0 = chief)."""
+    task = json.loads(os.environ.get("TF_CONFIG") or "{}").get("task", {})
+    return int(task.get("index", 0)) if task.get("type", "worker") in ("worker", "chief") else 0
+
+
 def prepare_run_dir(config: RunConfig, overwrite: bool) -> Path:
     run_dir = config.run_dir
+    if config.train.strategy == "multiworker" and worker_index() > 0:
+        # Only the chief writes the run folder; other workers keep theirs apart.
+        run_dir = run_dir.with_name(f"{config.run_name}.worker{worker_index()}")
     if run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
             raise RunError(
@@ -137,12 +146,18 @@ def load_model_ref(ref: str) -> keras.Model:
 
 
 def build_model(section, config: RunConfig, role: str) -> keras.Model:
+    """The model of a `teacher`/`student` section; the trained one gets
+    synchronized BatchNorm when `train.sync_batchnorm` is set."""
     meta = data.info(config.data.name)
     if section.path:
-        return load_model_ref(section.path)
-    if not section.arch:
+        model = load_model_ref(section.path)
+    elif not section.arch:
         raise RunError(f"`{role}` needs `arch` (a zoo name) or `path` (a saved model).")
-    return models.get(section.arch, meta.input_shape, meta.num_classes)
+    else:
+        model = models.get(section.arch, meta.input_shape, meta.num_classes)
+    if config.train.sync_batchnorm and role != "teacher":
+        model = models.synchronize_batchnorm(model)
+    return model
 
 
 class RunSummaries(keras.callbacks.Callback):
@@ -200,9 +215,11 @@ def _fit(model, config, train, test, run_dir, model_file):
     return history, time.perf_counter() - start
 
 
-def _results(run_dir: Path, model: keras.Model, test, train_time: float, extra: dict) -> dict:
+def _results(run_dir: Path, trainer, test, train_time: float, extra: dict) -> dict:
+    """Size and final test accuracy of the trained (student) model."""
+    model = trainer.student
     summary = models.summarize(model)
-    metrics = model.evaluate(test, return_dict=True, verbose=0)
+    metrics = trainer.evaluate(test, return_dict=True, verbose=0)
     results = {
         "model": model.name,
         "params": summary.params,
@@ -232,7 +249,13 @@ def precision(config: RunConfig):
 
     policy = config.train.mixed_precision
     keras.mixed_precision.set_global_policy("float32" if policy == "none" else policy)
-    strategy = tf.distribute.MirroredStrategy() if config.train.strategy == "mirrored" else None
+    strategy = None
+    if config.train.strategy == "mirrored":
+        strategy = tf.distribute.MirroredStrategy()
+    elif config.train.strategy == "multiworker":
+        if "TF_CONFIG" not in os.environ:
+            raise RunError("train.strategy=multiworker needs the TF_CONFIG environment variable of each worker.")
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
     try:
         if strategy is None:
             yield
@@ -258,20 +281,19 @@ def distill(config: RunConfig, overwrite: bool = False) -> dict:
 def _train_plain(config: RunConfig, overwrite: bool) -> dict:
     keras.utils.set_random_seed(config.seed)
     section = config.teacher if (config.teacher.arch or config.teacher.path) else config.student
-    model = build_model(section, config, "teacher")
+    model = build_model(section, config, "trained model")
     run_dir = prepare_run_dir(config, overwrite)
     try:
         train, test = datasets(config)
-        model.compile(
+        trainer = keras_kd.Supervised(model)
+        trainer.compile(
             optimizer=optimizer(config, steps_in(train, config)),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
             jit_compile=config.train.jit_compile,
         )
-        history, seconds = _fit(model, config, train, test, run_dir, "model.keras")
+        history, seconds = _fit(trainer, config, train, test, run_dir, "trainer.keras")
         atomic_save(model, run_dir / "model.keras")
         write_run_projector(run_dir, model, test)
-        return _results(run_dir, model, test, seconds, {"run_dir": str(run_dir), "epochs": len(history.epoch)})
+        return _results(run_dir, trainer, test, seconds, {"run_dir": str(run_dir), "epochs": len(history.epoch)})
     finally:
         close_log()
 
@@ -308,10 +330,9 @@ def _distill(config: RunConfig, overwrite: bool) -> dict:
         atomic_save(distiller, run_dir / "distiller.keras")
         atomic_save(distiller.student, run_dir / "student.keras")
         write_run_projector(run_dir, student, test)
-        compile_for_evaluation(student)
         return _results(
             run_dir,
-            student,
+            distiller,
             test,
             seconds,
             {"run_dir": str(run_dir), "epochs": len(history.epoch), "teacher": config.teacher.path},

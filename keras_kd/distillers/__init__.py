@@ -3,5 +3,6 @@
 from keras_kd.distillers.base import BaseDistiller, LossTerm
 from keras_kd.distillers.features import FeatureTerm
 from keras_kd.distillers.logits import Distiller
+from keras_kd.distillers.supervised import Supervised
 
-__all__ = ["BaseDistiller", "Distiller", "FeatureTerm", "LossTerm"]
+__all__ = ["BaseDistiller", "Distiller", "FeatureTerm", "LossTerm", "Supervised"]

@@ -1,7 +1,7 @@
 """Model zoo with uniform feature taps, and size (params / FLOPs) reporting."""
 
 from keras_kd.models.summary import ModelSummary, count_macs, count_params, summarize
-from keras_kd.models.zoo import FEATURE_TAPS, ZOO_NAMES, available, get
+from keras_kd.models.zoo import FEATURE_TAPS, ZOO_NAMES, available, get, synchronize_batchnorm
 
 __all__ = [
     "FEATURE_TAPS",
@@ -12,4 +12,5 @@ __all__ = [
     "count_params",
     "get",
     "summarize",
+    "synchronize_batchnorm",
 ]

@@ -74,3 +74,26 @@ def get(
         f"Unknown model {name!r}. Available: {', '.join(ZOO_NAMES)} "
         "(any resnet{6n+2}, resnet8x4/resnet32x4 and wrn_{6n+4}_{k} also work)."
     )
+
+
+def synchronize_batchnorm(model: keras.Model) -> keras.Model:
+    """A copy of a Functional/Sequential model whose BatchNorm layers are
+    `synchronized=True` (statistics over the GLOBAL batch under tf.distribute),
+    with the same weights.
+
+    Example:
+
+    >>> synced = synchronize_batchnorm(get("resnet8", (28, 28, 1), 10))
+    >>> synced.get_layer("stem_bn").synchronized
+    True
+    """
+
+    def clone(layer):
+        config = layer.get_config()
+        if isinstance(layer, keras.layers.BatchNormalization):
+            config["synchronized"] = True
+        return layer.__class__.from_config(config)
+
+    synced = keras.models.clone_model(model, clone_function=clone)
+    synced.set_weights(model.get_weights())
+    return synced
