@@ -70,3 +70,20 @@ def test_export_errors(trained, tmp_path):
     bad = keras.Model(inputs, Unconvertible()(inputs), name="bad")
     with pytest.raises(export.ExportError, match="TFLite conversion of 'bad' failed"):
         export.convert(bad)
+
+
+def test_multi_output_model_outputs_read_by_name(tmp_path):
+    inputs = keras.Input((8, 8, 1))
+    features = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs))
+    model = keras.Model(inputs, {"ensemble": keras.layers.Dense(3, name="ensemble")(features),
+                                 "branch": keras.layers.Dense(5, name="branch")(features)})
+    path = export.export_tflite(model, tmp_path / "multi.tflite")
+    x = np.random.default_rng(0).normal(size=(3, 8, 8, 1)).astype("float32")
+    expected = model(x)
+    for name in ("ensemble", "branch"):
+        got = export.TFLiteRunner(path, output=name).predict(x)
+        np.testing.assert_allclose(got, expected[name], atol=1e-5)
+    with pytest.raises(ValueError, match="name the one to read"):
+        export.TFLiteRunner(path)
+    with pytest.raises(ValueError, match="has no output 'logits'"):
+        export.TFLiteRunner(path, output="logits")
