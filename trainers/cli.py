@@ -23,6 +23,9 @@ def _add_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-name", help="shortcut for --set run_name=NAME.")
     parser.add_argument("--output-dir", help="shortcut for --set output_dir=DIR.")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder.")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run from its last epoch checkpoint."
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                 overrides.append(f"output_dir={args.output_dir}")
             config = load_config(args.config, overrides)
             run = runs.train_teacher if args.command == "train-teacher" else runs.distill
-            result = run(config, overwrite=args.overwrite)
+            result = run(config, overwrite=args.overwrite, resume=args.resume)
         elif args.command == "export":
             result = runs.export_run(
                 args.model, args.quantize, args.dataset, args.data_dir, args.output, args.max_images

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import keras
+import yaml
 
 import keras_kd
 from keras_kd import data, models
@@ -48,16 +49,41 @@ def worker_index() -> int:
     return int(task.get("index", 0)) if task.get("type", "worker") in ("worker", "chief") else 0
 
 
-def prepare_run_dir(config: RunConfig, overwrite: bool) -> Path:
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _check_same_config(run_dir: Path, config: RunConfig) -> None:
+    saved = _flatten(yaml.safe_load((run_dir / "config.yaml").read_text()) or {})
+    current = _flatten(yaml.safe_load(dump(config)))
+    changed = sorted(key for key in saved.keys() | current.keys() if saved.get(key) != current.get(key))
+    if changed:
+        raise RunError(
+            f"Cannot resume {run_dir}: the config differs from the saved one in "
+            f"{', '.join(changed)}. Resume with the same settings or start a new run."
+        )
+
+
+def prepare_run_dir(config: RunConfig, overwrite: bool, resume: bool = False) -> Path:
     run_dir = config.run_dir
     if config.train.strategy == "multiworker" and worker_index() > 0:
         # Only the chief writes the run folder; other workers keep theirs apart.
         run_dir = run_dir.with_name(f"{config.run_name}.worker{worker_index()}")
-    if run_dir.exists() and any(run_dir.iterdir()):
+    exists = run_dir.exists() and any(run_dir.iterdir())
+    if exists and resume and (run_dir / "config.yaml").is_file():
+        _check_same_config(run_dir, config)
+    elif exists:
         if not overwrite:
             raise RunError(
                 f"Run folder {run_dir} already exists. Pick another run_name "
-                "(--run-name) or pass --overwrite to replace it."
+                "(--run-name), pass --resume to continue it from its last checkpoint, "
+                "or --overwrite to replace it."
             )
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -191,9 +217,12 @@ def write_run_projector(run_dir: Path, model: keras.Model, test) -> None:
 
 def callbacks(run_dir: Path, model_file: str, config: RunConfig) -> list:
     return [
+        # Restores weights, optimizer state and epoch after a crash (--resume);
+        # the previous copy is kept in case the process dies while writing.
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), double_checkpoint=True),
         EpochLogger(),
         RunSummaries(run_dir, config),
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv")),
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
         keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), update_freq="epoch"),
         keras.callbacks.ModelCheckpoint(str(run_dir / "checkpoints" / model_file)),
     ]
@@ -213,6 +242,12 @@ def _fit(model, config, train, test, run_dir, model_file):
         shuffle=False,  # the tf.data pipeline already shuffles
     )
     return history, time.perf_counter() - start
+
+
+def _epochs_done(run_dir: Path) -> int:
+    """Epochs recorded in history.csv (one line each, across resumed attempts)."""
+    lines = (run_dir / "history.csv").read_text().splitlines() if (run_dir / "history.csv").exists() else []
+    return len({line.split(",", 1)[0] for line in lines[1:] if line and line[0].isdigit()})
 
 
 def _results(run_dir: Path, trainer, test, train_time: float, extra: dict) -> dict:
@@ -266,23 +301,23 @@ def precision(config: RunConfig):
         keras.mixed_precision.set_global_policy("float32")
 
 
-def train_teacher(config: RunConfig, overwrite: bool = False) -> dict:
+def train_teacher(config: RunConfig, overwrite: bool = False, resume: bool = False) -> dict:
     """Trains a plain model with cross-entropy (teacher, or a baseline student)."""
     with precision(config):
-        return _train_plain(config, overwrite)
+        return _train_plain(config, overwrite, resume)
 
 
-def distill(config: RunConfig, overwrite: bool = False) -> dict:
+def distill(config: RunConfig, overwrite: bool = False, resume: bool = False) -> dict:
     """Distills `student` from the saved `teacher` with the `distill` section."""
     with precision(config):
-        return _distill(config, overwrite)
+        return _distill(config, overwrite, resume)
 
 
-def _train_plain(config: RunConfig, overwrite: bool) -> dict:
+def _train_plain(config: RunConfig, overwrite: bool, resume: bool) -> dict:
     keras.utils.set_random_seed(config.seed)
     section = config.teacher if (config.teacher.arch or config.teacher.path) else config.student
     model = build_model(section, config, "trained model")
-    run_dir = prepare_run_dir(config, overwrite)
+    run_dir = prepare_run_dir(config, overwrite, resume)
     try:
         train, test = datasets(config)
         trainer = keras_kd.Supervised(model)
@@ -293,12 +328,12 @@ def _train_plain(config: RunConfig, overwrite: bool) -> dict:
         history, seconds = _fit(trainer, config, train, test, run_dir, "trainer.keras")
         atomic_save(model, run_dir / "model.keras")
         write_run_projector(run_dir, model, test)
-        return _results(run_dir, trainer, test, seconds, {"run_dir": str(run_dir), "epochs": len(history.epoch)})
+        return _results(run_dir, trainer, test, seconds, {"run_dir": str(run_dir), "epochs": _epochs_done(run_dir)})
     finally:
         close_log()
 
 
-def _distill(config: RunConfig, overwrite: bool) -> dict:
+def _distill(config: RunConfig, overwrite: bool, resume: bool) -> dict:
     keras.utils.set_random_seed(config.seed)
     if not config.teacher.path:
         raise RunError("`teacher.path` must name a trained teacher (.keras file or run folder).")
@@ -319,7 +354,7 @@ def _distill(config: RunConfig, overwrite: bool) -> dict:
         ce_weight=cfg.ce_weight,
         features=features,
     )
-    run_dir = prepare_run_dir(config, overwrite)
+    run_dir = prepare_run_dir(config, overwrite, resume)
     try:
         train, test = datasets(config)
         distiller.compile(
@@ -335,7 +370,7 @@ def _distill(config: RunConfig, overwrite: bool) -> dict:
             distiller,
             test,
             seconds,
-            {"run_dir": str(run_dir), "epochs": len(history.epoch), "teacher": config.teacher.path},
+            {"run_dir": str(run_dir), "epochs": _epochs_done(run_dir), "teacher": config.teacher.path},
         )
     finally:
         close_log()

@@ -1,0 +1,58 @@
+"""A run killed with SIGKILL mid-training resumes from its last epoch checkpoint."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+
+from trainers import cli
+
+ROOT = Path(__file__).parents[1]
+
+
+def test_sigkill_then_resume_finishes_with_continuing_optimizer(tmp_path):
+    common = ["--output-dir", str(tmp_path), "--set", "data.name=synthetic", "--set", "data.batch_size=50",
+              "--set", "train.verbose=0", "--set", "train.optimizer=adam"]
+    assert cli.main(["train-teacher", "--run-name", "teacher", "--set", "teacher.arch=cnn",
+                     "--set", "train.epochs=1", *common]) == 0
+    command = [sys.executable, "-m", "trainers.cli", "distill", "--run-name", "kd", "--set", "train.epochs=6",
+               "--set", f"teacher.path={tmp_path / 'teacher'}", "--set", "student.arch=resnet8", *common]
+    run_dir = tmp_path / "kd"
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    deadline = time.time() + 240
+    # Kill during the third epoch: two epochs are in the CSV log and the backup.
+    while time.time() < deadline and process.poll() is None:
+        history = run_dir / "history.csv"
+        if history.exists() and len(history.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.2)
+    assert process.poll() is None, "the run ended before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (run_dir / "student.keras").exists()
+    assert (run_dir / "backup").is_dir()
+
+    code = cli.main([*command[3:], "--resume"])
+    assert code == 0
+    rows = list(csv.DictReader((run_dir / "history.csv").open()))
+    epochs = sorted({int(row["epoch"]) for row in rows})
+    assert epochs == list(range(6))
+    distiller = keras.models.load_model(run_dir / "distiller.keras")
+    steps_per_epoch = 1000 // 50
+    # The optimizer continued: exactly 6 epochs of steps, not 6 + the killed ones.
+    assert int(distiller.optimizer.iterations) == 6 * steps_per_epoch
+    assert "epoch 6:" in (run_dir / "train.log").read_text()
+
+
+def test_resume_refuses_a_changed_config(tmp_path, capsys):
+    common = ["--output-dir", str(tmp_path), "--run-name", "t", "--set", "data.name=synthetic",
+              "--set", "train.epochs=1", "--set", "train.verbose=0", "--set", "teacher.arch=cnn"]
+    assert cli.main(["train-teacher", *common]) == 0
+    assert cli.main(["train-teacher", *common, "--set", "train.learning_rate=0.1", "--resume"]) == 2
+    assert "config differs from the saved one in train.learning_rate" in capsys.readouterr().err
