@@ -40,6 +40,7 @@ def test_config_rejects_unknown_keys_and_wrong_types(tmp_path):
         load_config(bad)
     config = load_config(overrides=["train.learning_rate=1", "data.subset_fraction=0.1"])
     assert config.train.learning_rate == 1.0 and isinstance(config.train.learning_rate, float)
+    assert load_config(overrides=["train.weight_decay=5e-4"]).train.weight_decay == 5e-4  # YAML 1.1 string
 
 
 def test_shipped_configs_are_valid():

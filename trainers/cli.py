@@ -5,9 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def graph_error_summary(error: Exception) -> str:
+    """The keras_kd message of an in-graph assertion, without TF's traceback dump."""
+    text = str(error)
+    for pattern in (r"keras_kd: [^\]\n]*\]? ?\[?-?\d*", r"labels must lie in [^\n]*", r"Received a label value[^\n]*"):
+        match = re.search(pattern, text)
+        if match:
+            return match.group(0).replace("] [", " ").rstrip("]")
+    return text.strip().splitlines()[-1]
 
 
 def _add_run_args(parser: argparse.ArgumentParser) -> None:
@@ -60,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import tensorflow as tf
+
     from trainers import runs
     from trainers.config import ConfigError, load_config
 
@@ -86,6 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, runs.RunError, ValueError, FileNotFoundError) as error:
         print(f"keras-kd: error: {error}", file=sys.stderr)
         return 2
+    except tf.errors.InvalidArgumentError as error:
+        # In-graph checks: non-finite loss terms, labels out of range.
+        print(f"keras-kd: training stopped: {graph_error_summary(error)}", file=sys.stderr)
+        print("keras-kd: the last completed epoch is in the run's backup/ and checkpoints/; "
+              "fix the cause and continue with --resume.", file=sys.stderr)
+        return 3
     print(json.dumps(result, indent=2))
     return 0
 

@@ -95,6 +95,13 @@ class RunConfig:
 
 
 def _is_number(value) -> bool:
+    """Numbers, and strings such as "1e-3" that YAML 1.1 leaves unparsed."""
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return False
+        return True
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 

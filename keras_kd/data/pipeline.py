@@ -122,6 +122,8 @@ def load_arrays(
     if split == "validation" and not validation_fraction:
         raise ValueError("split='validation' needs validation_fraction > 0.")
     images, labels = _raw_split(name, "train", data_dir)
+    if len(labels) == 0:
+        raise ValueError(f"The {name} training split has no examples.")
     keep = np.arange(len(labels))
     if validation_fraction:
         held_out = stratified_take(labels, validation_fraction, subset_seed + 7919)
