@@ -167,3 +167,19 @@ def test_bad_inputs_raise_clear_errors(batch):
     lossy.compile(optimizer="sgd", loss="mse")
     with pytest.raises(ValueError, match="without `loss=`"):
         lossy.fit(x, y, verbose=0)
+
+
+def test_supervised_trainer_round_trip_in_safe_mode(tmp_path, batch):
+    from keras_kd import Supervised
+
+    x, y = batch
+    trainer = Supervised(tiny_model(name="plain"))
+    trainer.compile(optimizer="adam")
+    logs = trainer.evaluate(x, y, batch_size=len(x), return_dict=True, verbose=0)
+    s = trainer.student(x, training=False).numpy()
+    np.testing.assert_allclose(logs["ce_loss"], np_cross_entropy(y, s), rtol=1e-5)
+    trainer.fit(x, y, epochs=1, verbose=0)
+    trainer.save(tmp_path / "t.keras")
+    loaded = keras.models.load_model(tmp_path / "t.keras", safe_mode=True)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), trainer.predict(x, verbose=0))
+    assert int(loaded.optimizer.iterations) == 1

@@ -107,6 +107,18 @@ def close_log() -> None:
             LOG.removeHandler(handler)
 
 
+class AtomicCheckpoint(keras.callbacks.Callback):
+    """Saves the model at every epoch end through a temporary file + rename."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = Path(path)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save(self.model, self.path)
+
+
 class EpochLogger(keras.callbacks.Callback):
     """Writes one line of metrics per epoch into the run log."""
 
@@ -224,7 +236,7 @@ def callbacks(run_dir: Path, model_file: str, config: RunConfig) -> list:
         RunSummaries(run_dir, config),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
         keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), update_freq="epoch"),
-        keras.callbacks.ModelCheckpoint(str(run_dir / "checkpoints" / model_file)),
+        AtomicCheckpoint(run_dir / "checkpoints" / model_file),
     ]
 
 
