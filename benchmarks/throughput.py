@@ -25,6 +25,9 @@ from benchmarks.report import write_section  # noqa: E402
 from keras_kd import Distiller, FeatureTerm, data, losses, models  # noqa: E402
 
 CE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+# Keras' jit_compile="auto" turns XLA on for these models even on CPU, where
+# it is slower; every configuration uses the same setting: XLA only on GPUs.
+JIT = bool(tf.config.list_physical_devices("GPU"))
 
 
 def dataset(num_images: int, batch_size: int) -> tuple[tf.data.Dataset, str]:
@@ -47,7 +50,7 @@ def timed_fit(model, ds, images: int, epochs: int) -> float:
 
 
 def timed_predict(model, ds, images: int, epochs: int) -> float:
-    step = tf.function(lambda x: model(x, training=False))
+    step = tf.function(lambda x: model(x, training=False), jit_compile=JIT)
     for x, _ in ds:
         step(x)
     start = time.perf_counter()
@@ -66,13 +69,13 @@ def configurations(teacher, input_shape):
     def ours(features=(), alpha=0.9, ce_weight=0.1):
         def build():
             model = Distiller(student(), teacher, alpha=alpha, ce_weight=ce_weight, features=list(features))
-            model.compile(optimizer="sgd")
+            model.compile(optimizer="sgd", jit_compile=JIT)
             return model
         return build
 
     def plain():
         model = student()
-        model.compile(optimizer="sgd", loss=CE)
+        model.compile(optimizer="sgd", loss=CE, jit_compile=JIT)
         return model
 
     def keras_logits():
@@ -81,7 +84,7 @@ def configurations(teacher, input_shape):
             distillation_losses=keras.distillation.LogitsDistillation(temperature=4.0),
             student_loss_weight=0.1,
         )
-        model.compile(optimizer="sgd", loss=CE)
+        model.compile(optimizer="sgd", loss=CE, jit_compile=JIT)
         return model
 
     def keras_features():
@@ -94,7 +97,7 @@ def configurations(teacher, input_shape):
             distillation_loss_weights=[0.9, 100.0],
             student_loss_weight=0.1,
         )
-        model.compile(optimizer="sgd", loss=CE)
+        model.compile(optimizer="sgd", loss=CE, jit_compile=JIT)
         return model
 
     return {
@@ -144,7 +147,7 @@ def main(argv=None) -> None:
     text = (
         f"Measured with `python -m benchmarks.throughput --images {args.images} --epochs {args.epochs} "
         f"--rounds {args.rounds}` on {os.cpu_count()} CPU cores ({cpu}), TensorFlow {tf.__version__}, "
-        f"Keras {keras.__version__}; {source} 28x28x1, {images} images, batch {args.batch_size}, "
+        f"Keras {keras.__version__}, XLA {'on' if JIT else 'off'} for every configuration; {source} 28x28x1, {images} images, batch {args.batch_size}, "
         "best of the rounds. Targets: keras_kd logit KD >= 0.95x the floor, each feature KD >= 0.85x, "
         "both faster than `keras.distillation`.\n\n" + "\n".join(rows)
     )

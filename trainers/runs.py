@@ -159,6 +159,16 @@ def optimizer(config: RunConfig, steps_per_epoch: int) -> keras.optimizers.Optim
     return keras.optimizers.Adam(lr, weight_decay=wd)
 
 
+def jit_setting(config: RunConfig) -> bool:
+    """`train.jit_compile`; "auto" means XLA on GPUs only (on CPUs it is slower
+    for these convnets, while Keras' own "auto" would enable it)."""
+    import tensorflow as tf
+
+    if config.train.jit_compile == "auto":
+        return bool(tf.config.list_physical_devices("GPU"))
+    return config.train.jit_compile
+
+
 def steps_in(dataset, config: RunConfig) -> int:
     if config.train.steps_per_epoch:
         return config.train.steps_per_epoch
@@ -288,14 +298,12 @@ def compile_for_evaluation(model: keras.Model) -> None:
 
 
 @contextlib.contextmanager
-def precision(config: RunConfig):
+def run_context(config: RunConfig):
     """Applies `train.mixed_precision` and `train.strategy` to the models built
     inside (MirroredStrategy uses every local GPU, or the CPU), then restores
     float32."""
     import tensorflow as tf
 
-    policy = config.train.mixed_precision
-    keras.mixed_precision.set_global_policy("float32" if policy == "none" else policy)
     strategy = None
     if config.train.strategy == "mirrored":
         strategy = tf.distribute.MirroredStrategy()
@@ -303,6 +311,8 @@ def precision(config: RunConfig):
         if "TF_CONFIG" not in os.environ:
             raise RunError("train.strategy=multiworker needs the TF_CONFIG environment variable of each worker.")
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    policy = config.train.mixed_precision
+    keras.mixed_precision.set_global_policy("float32" if policy == "none" else policy)
     try:
         if strategy is None:
             yield
@@ -315,13 +325,13 @@ def precision(config: RunConfig):
 
 def train_teacher(config: RunConfig, overwrite: bool = False, resume: bool = False) -> dict:
     """Trains a plain model with cross-entropy (teacher, or a baseline student)."""
-    with precision(config):
+    with run_context(config):
         return _train_plain(config, overwrite, resume)
 
 
 def distill(config: RunConfig, overwrite: bool = False, resume: bool = False) -> dict:
     """Distills `student` from the saved `teacher` with the `distill` section."""
-    with precision(config):
+    with run_context(config):
         return _distill(config, overwrite, resume)
 
 
@@ -335,7 +345,7 @@ def _train_plain(config: RunConfig, overwrite: bool, resume: bool) -> dict:
         trainer = keras_kd.Supervised(model)
         trainer.compile(
             optimizer=optimizer(config, steps_in(train, config)),
-            jit_compile=config.train.jit_compile,
+            jit_compile=jit_setting(config),
         )
         history, seconds = _fit(trainer, config, train, test, run_dir, "trainer.keras")
         atomic_save(model, run_dir / "model.keras")
@@ -371,7 +381,7 @@ def _distill(config: RunConfig, overwrite: bool, resume: bool) -> dict:
         train, test = datasets(config)
         distiller.compile(
             optimizer=optimizer(config, steps_in(train, config)),
-            jit_compile=config.train.jit_compile,
+            jit_compile=jit_setting(config),
         )
         history, seconds = _fit(distiller, config, train, test, run_dir, "distiller.keras")
         atomic_save(distiller, run_dir / "distiller.keras")
