@@ -38,6 +38,14 @@ def cross_entropy(labels, logits):
     )
 
 
+def deserialize_entries(config: dict, keys: Sequence[str]) -> dict:
+    """A copy of `config` with the nested Keras objects under `keys` rebuilt."""
+    config = dict(config)
+    for key in keys:
+        config[key] = keras.saving.deserialize_keras_object(config[key])
+    return config
+
+
 def is_multi_worker(strategy=None) -> bool:
     """True for a MultiWorkerMirroredStrategy that spans several workers."""
     strategy = strategy or tf.distribute.get_strategy()

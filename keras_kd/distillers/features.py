@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keras
 
+from keras_kd.distillers.base import deserialize_entries
 from keras_kd.losses.base import DistillationLoss, check_non_negative
 
 
@@ -65,9 +66,7 @@ class FeatureTerm:
 
     @classmethod
     def from_config(cls, config: dict) -> FeatureTerm:
-        config = dict(config)
-        config["loss"] = keras.saving.deserialize_keras_object(config["loss"])
-        return cls(**config)
+        return cls(**deserialize_entries(config, ("loss",)))
 
     def __repr__(self) -> str:
         return (

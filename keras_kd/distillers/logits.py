@@ -5,7 +5,13 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from keras_kd.distillers.base import BaseDistiller, LossTerm, check_weights, cross_entropy
+from keras_kd.distillers.base import (
+    BaseDistiller,
+    LossTerm,
+    check_weights,
+    cross_entropy,
+    deserialize_entries,
+)
 from keras_kd.distillers.checks import check_teacher_student, freeze
 from keras_kd.distillers.features import FeatureTerm, term_names
 from keras_kd.losses.base import DistillationLoss
@@ -176,9 +182,7 @@ class Distiller(BaseDistiller):
 
     @classmethod
     def from_config(cls, config: dict) -> Distiller:
-        config = dict(config)
-        for key in ("student", "teacher", "distillation_loss"):
-            config[key] = keras.saving.deserialize_keras_object(config[key])
+        config = deserialize_entries(config, ("student", "teacher", "distillation_loss"))
         config["features"] = [
             keras.saving.deserialize_keras_object(term) for term in config.get("features") or []
         ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from keras_kd.distillers.base import BaseDistiller, LossTerm, cross_entropy
+from keras_kd.distillers.base import BaseDistiller, LossTerm, cross_entropy, deserialize_entries
 from keras_kd.distillers.checks import model_io
 
 
@@ -53,6 +53,4 @@ class Supervised(BaseDistiller):
 
     @classmethod
     def from_config(cls, config: dict) -> Supervised:
-        config = dict(config)
-        config["model"] = keras.saving.deserialize_keras_object(config["model"])
-        return cls(**config)
+        return cls(**deserialize_entries(config, ("model",)))
