@@ -15,6 +15,7 @@ TINY = [
     "train.learning_rate=0.01",
     "train.verbose=0",
 ]
+TINY_ARGS = [arg for override in TINY for arg in ("--set", override)]
 
 
 def test_config_rejects_unknown_keys_and_wrong_types(tmp_path):
@@ -60,7 +61,7 @@ def test_cli_train_distill_evaluate_end_to_end(tmp_path, capsys):
     out_dir = str(tmp_path / "runs")
     code, out, err = run_cli(
         ["train-teacher", "--output-dir", out_dir, "--run-name", "teacher",
-         "--set", "teacher.arch=cnn", *sum((["--set", o] for o in TINY), [])],
+         "--set", "teacher.arch=cnn", *TINY_ARGS],
         capsys,
     )
     assert code == 0, err
@@ -74,7 +75,7 @@ def test_cli_train_distill_evaluate_end_to_end(tmp_path, capsys):
     code, out, err = run_cli(
         ["distill", "--output-dir", out_dir, "--run-name", "kd",
          "--set", f"teacher.path={teacher_dir}", "--set", "student.arch=resnet8",
-         *sum((["--set", o] for o in TINY), [])],
+         *TINY_ARGS],
         capsys,
     )
     assert code == 0, err
@@ -104,7 +105,7 @@ def test_cli_train_distill_evaluate_end_to_end(tmp_path, capsys):
     code, out, err = run_cli(
         ["distill", "--output-dir", out_dir, "--run-name", "kd",
          "--set", f"teacher.path={teacher_dir}", "--set", "student.arch=resnet8",
-         *sum((["--set", o] for o in TINY), [])],
+         *TINY_ARGS],
         capsys,
     )
     assert code == 2 and "already exists" in err and "--overwrite" in err
@@ -150,7 +151,7 @@ def test_cli_feature_distillation_run(tmp_path, capsys):
     out_dir = str(tmp_path / "runs")
     code, _, err = run_cli(
         ["train-teacher", "--output-dir", out_dir, "--run-name", "t",
-         "--set", "teacher.arch=resnet8", *sum((["--set", o] for o in TINY), [])],
+         "--set", "teacher.arch=resnet8", *TINY_ARGS],
         capsys,
     )
     assert code == 0, err
@@ -158,7 +159,7 @@ def test_cli_feature_distillation_run(tmp_path, capsys):
         ["distill", "--output-dir", out_dir, "--run-name", "fitnet",
          "--set", f"teacher.path={tmp_path / 'runs' / 't'}", "--set", "student.arch=cnn",
          "--set", "distill.features=[{teacher_tap: stage2, student_tap: stage2, loss: hint, weight: 10.0}]",
-         *sum((["--set", o] for o in TINY), [])],
+         *TINY_ARGS],
         capsys,
     )
     assert code == 0, err
@@ -168,7 +169,7 @@ def test_cli_feature_distillation_run(tmp_path, capsys):
         ["distill", "--output-dir", out_dir, "--run-name", "mirrored_bf16",
          "--set", f"teacher.path={tmp_path / 'runs' / 't'}", "--set", "student.arch=cnn",
          "--set", "train.strategy=mirrored", "--set", "train.mixed_precision=mixed_bfloat16",
-         *sum((["--set", o] for o in TINY), [])],
+         *TINY_ARGS],
         capsys,
     )
     assert code == 0, err
@@ -182,12 +183,12 @@ def test_tensorboard_event_files_hold_the_expected_tags(tmp_path, capsys):
 
     out_dir = str(tmp_path / "runs")
     assert run_cli(["train-teacher", "--output-dir", out_dir, "--run-name", "t",
-                    "--set", "teacher.arch=cnn", *sum((["--set", o] for o in TINY), [])], capsys)[0] == 0
+                    "--set", "teacher.arch=cnn", *TINY_ARGS], capsys)[0] == 0
     code, _, err = run_cli(
         ["distill", "--output-dir", out_dir, "--run-name", "at",
          "--set", f"teacher.path={tmp_path / 'runs' / 't'}", "--set", "student.arch=resnet8",
          "--set", "distill.features=[{teacher_tap: stage3, student_tap: stage3, loss: at, weight: 10.0}]",
-         *sum((["--set", o] for o in TINY), [])],
+         *TINY_ARGS],
         capsys,
     )
     assert code == 0, err

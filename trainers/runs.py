@@ -250,10 +250,11 @@ def callbacks(run_dir: Path, model_file: str, config: RunConfig) -> list:
     ]
 
 
-def _fit(model, config, train, test, run_dir, model_file):
+def _fit(model, config, train, test, run_dir, model_file) -> float:
+    """Trains with the run's callbacks; returns the wall-clock seconds."""
     (run_dir / "checkpoints").mkdir(exist_ok=True)
     start = time.perf_counter()
-    history = model.fit(
+    model.fit(
         train,
         epochs=config.train.epochs,
         steps_per_epoch=config.train.steps_per_epoch,
@@ -263,7 +264,7 @@ def _fit(model, config, train, test, run_dir, model_file):
         verbose=config.train.verbose,
         shuffle=False,  # the tf.data pipeline already shuffles
     )
-    return history, time.perf_counter() - start
+    return time.perf_counter() - start
 
 
 def _epochs_done(run_dir: Path) -> int:
@@ -347,7 +348,7 @@ def _train_plain(config: RunConfig, overwrite: bool, resume: bool) -> dict:
             optimizer=optimizer(config, steps_in(train, config)),
             jit_compile=jit_setting(config),
         )
-        history, seconds = _fit(trainer, config, train, test, run_dir, "trainer.keras")
+        seconds = _fit(trainer, config, train, test, run_dir, "trainer.keras")
         atomic_save(model, run_dir / "model.keras")
         write_run_projector(run_dir, model, test)
         return _results(run_dir, trainer, test, seconds, {"run_dir": str(run_dir), "epochs": _epochs_done(run_dir)})
@@ -383,7 +384,7 @@ def _distill(config: RunConfig, overwrite: bool, resume: bool) -> dict:
             optimizer=optimizer(config, steps_in(train, config)),
             jit_compile=jit_setting(config),
         )
-        history, seconds = _fit(distiller, config, train, test, run_dir, "distiller.keras")
+        seconds = _fit(distiller, config, train, test, run_dir, "distiller.keras")
         atomic_save(distiller, run_dir / "distiller.keras")
         atomic_save(distiller.student, run_dir / "student.keras")
         write_run_projector(run_dir, student, test)
