@@ -77,6 +77,9 @@ class BaseDistiller(keras.Model):
             when a term becomes NaN/Inf.
         check_labels: fail with a clear error when a label is outside
             `[0, num_classes)`.
+        accuracy_outputs: keys of the `call(..., features=True)` dict (other
+            than `"logits"`) whose top-1 accuracy is reported as
+            `"{key}_accuracy"` (e.g. every branch of a multi-branch student).
     """
 
     def __init__(
@@ -87,6 +90,7 @@ class BaseDistiller(keras.Model):
         student_taps: Sequence[str] = (),
         check_finite: bool = True,
         check_labels: bool = True,
+        accuracy_outputs: Sequence[str] = (),
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -99,6 +103,9 @@ class BaseDistiller(keras.Model):
         self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.term_trackers = {name: keras.metrics.Mean(name=name) for name in term_names}
+        self.output_accuracy_trackers = {
+            key: keras.metrics.SparseCategoricalAccuracy(name=f"{key}_accuracy") for key in accuracy_outputs
+        }
 
     def mark_built(self) -> None:
         """Call at the end of a subclass `__init__`: every sub-network and adapter
@@ -142,7 +149,12 @@ class BaseDistiller(keras.Model):
 
     @property
     def metrics(self):
-        metrics = [self.loss_tracker, *self.term_trackers.values(), self.accuracy_tracker]
+        metrics = [
+            self.loss_tracker,
+            *self.term_trackers.values(),
+            self.accuracy_tracker,
+            *self.output_accuracy_trackers.values(),
+        ]
         if self.compiled and self._compile_metrics is not None:
             metrics.append(self._compile_metrics)
         return metrics
@@ -162,13 +174,13 @@ class BaseDistiller(keras.Model):
         variables = self.trainable_variables
         gradients = tape.gradient(scaled, variables)
         self.optimizer.apply_gradients(zip(gradients, variables, strict=False))
-        return self._update_metrics(y, outputs[LOGITS], terms, total)
+        return self._update_metrics(y, outputs, terms, total)
 
     def test_step(self, data):
         x, y = self._unpack(data)
         outputs = self(x, training=False, features=True)
         terms = self.compute_terms(x, y, outputs, training=False)
-        return self._update_metrics(y, outputs[LOGITS], terms, self._total(terms))
+        return self._update_metrics(y, outputs, terms, self._total(terms))
 
     # -- helpers ----------------------------------------------------------------
 
@@ -220,13 +232,15 @@ class BaseDistiller(keras.Model):
         with tf.control_dependencies(checks):  # no update from a non-finite loss
             return ops.sum(ops.stack([term.weight * term.value for term in terms if term.weight]))
 
-    def _update_metrics(self, y, logits, terms, total):
+    def _update_metrics(self, y, outputs: dict, terms, total):
         self.loss_tracker.update_state(total)
         for term in terms:
             self.term_trackers[term.name].update_state(term.value)
-        self.accuracy_tracker.update_state(y, logits)
+        self.accuracy_tracker.update_state(y, outputs[LOGITS])
+        for key, tracker in self.output_accuracy_trackers.items():
+            tracker.update_state(y, outputs[key])
         if self._compile_metrics is not None:
-            self._compile_metrics.update_state(y, logits)
+            self._compile_metrics.update_state(y, outputs[LOGITS])
         results = self.get_metrics_result()
         if is_multi_worker():
             # Keras reduces step outputs over axis 0 across workers: scalars fail.
