@@ -1,13 +1,22 @@
 """keras-kd: knowledge distillation for Keras 3, inside `model.fit`.
 
-Public API: `Distiller` (Hinton KD + feature terms), `FeatureTerm`, `keras_kd.losses`, `keras_kd.models`
+Public API: `Distiller` (Hinton KD + feature terms), `FeatureTerm`, `EnsembleDistiller` (EKD),
+`SFTNTrainer` (student-friendly teachers), `keras_kd.losses`, `keras_kd.models`
 (zoo with feature taps, params/FLOPs), `keras_kd.data` (datasets).
 """
 
 from keras_kd import data, losses, models
-from keras_kd.distillers import BaseDistiller, Distiller, FeatureTerm, LossTerm, Supervised
+from keras_kd.distillers import (
+    BaseDistiller,
+    Distiller,
+    EnsembleDistiller,
+    FeatureTerm,
+    LossTerm,
+    SFTNTrainer,
+    Supervised,
+)
 from keras_kd.taps import tap_model
 
 __version__ = "0.1.0"
 
-__all__ = ["BaseDistiller", "Distiller", "FeatureTerm", "LossTerm", "Supervised", "data", "losses", "models", "tap_model"]
+__all__ = ["BaseDistiller", "Distiller", "EnsembleDistiller", "FeatureTerm", "LossTerm", "SFTNTrainer", "Supervised", "data", "losses", "models", "tap_model"]

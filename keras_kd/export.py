@@ -23,10 +23,11 @@ class ExportError(RuntimeError):
 
 
 def deployable(model: keras.Model) -> keras.Model:
-    """The model to ship: a distiller's student, any other model as it is."""
+    """The model to ship: what a distiller trains for (`BaseDistiller.deployable`),
+    any other model as it is."""
     from keras_kd.distillers.base import BaseDistiller
 
-    return model.student if isinstance(model, BaseDistiller) else model
+    return model.deployable() if isinstance(model, BaseDistiller) else model
 
 
 def _representative(images: Iterable, count: int):

@@ -44,7 +44,7 @@ class FeatureConfig:
 
     teacher_tap: str = "stage3"
     student_tap: str = "stage3"
-    loss: Literal["hint", "at", "lp"] = "hint"
+    loss: Literal["hint", "at", "lp", "embedding"] = "hint"
     weight: float = 1.0
     loss_args: dict = dataclasses.field(default_factory=dict)
 

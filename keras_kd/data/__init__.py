@@ -1,5 +1,6 @@
 """Datasets as batched `tf.data` pipelines: Fashion-MNIST, CIFAR, synthetic."""
 
+from keras_kd.data.cache import CacheError, TeacherOutputCache
 from keras_kd.data.pipeline import (
     DATASETS,
     DatasetInfo,
@@ -7,13 +8,16 @@ from keras_kd.data.pipeline import (
     info,
     load,
     load_arrays,
+    standardize,
     stratified_take,
     synthetic_arrays,
 )
 from keras_kd.data.sources import DatasetNotFoundError, fashion_mnist_search_path, read_idx
 
 __all__ = [
+    "CacheError",
     "DATASETS",
+    "TeacherOutputCache",
     "DatasetInfo",
     "DatasetNotFoundError",
     "class_counts",
@@ -22,6 +26,7 @@ __all__ = [
     "load",
     "load_arrays",
     "read_idx",
+    "standardize",
     "stratified_take",
     "synthetic_arrays",
 ]

@@ -135,6 +135,14 @@ def load_arrays(
     return images[keep], labels[keep]
 
 
+def standardize(images, name: str, normalize: bool = True) -> np.ndarray:
+    """uint8 images -> float32 network inputs, exactly as `load` scales them."""
+    meta = info(name)
+    mean = np.asarray(meta.mean, np.float32) if normalize else 0.0
+    std = np.asarray(meta.std, np.float32) if normalize else 1.0
+    return (np.asarray(images, np.float32) / 255.0 - mean) / std
+
+
 def pad_crop_flip(image, seed, pad: int, flip: bool):
     """Random `pad`-pixel zero-pad-and-crop and horizontal flip of one image."""
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
@@ -162,6 +170,8 @@ def load(
     seed: int = 0,
     drop_remainder: bool = False,
     prefetch: bool = True,
+    teacher_cache=None,
+    accept_augmentation: bool = False,
 ) -> tf.data.Dataset:
     """A batched `tf.data.Dataset` of `(float32 image, int32 label)`.
 
@@ -179,6 +189,13 @@ def load(
             on for `train`, off otherwise.
         shuffle: reshuffle every epoch; default: on for `train`.
         seed: seed of shuffling and augmentation.
+        teacher_cache: a `keras_kd.data.TeacherOutputCache` built on this
+            training set; batches become `({"image": x, "teacher1_logits": ...},
+            y)`, each cached row travelling with its example through shuffling.
+        accept_augmentation: the cache holds the teachers' outputs for the
+            CLEAN images; with random augmentation on, the student would be
+            matched to outputs of images the teachers never saw, so a cache
+            plus `augment` is refused unless this is True.
 
     Example:
 
@@ -201,6 +218,16 @@ def load(
     training = split == "train"
     augment = training if augment is None else augment
     shuffle = training if shuffle is None else shuffle
+    if teacher_cache is not None:
+        teacher_cache.check_images(images)
+        if augment and not accept_augmentation:
+            raise ValueError(
+                "A teacher-output cache holds the teachers' outputs for the un-augmented images, "
+                "but this pipeline applies random pad-crop/flip augmentation: the student would be "
+                "taught on images the teachers never saw. Use augment=False, run the teachers "
+                "online (no cache), or pass accept_augmentation=True to accept that mismatch."
+            )
+        images = {"image": images, **teacher_cache.arrays}
     ds = tf.data.Dataset.from_tensor_slices((images, labels))
     if shuffle:
         ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
@@ -212,15 +239,26 @@ def load(
     def scale(image):
         return (tf.cast(image, tf.float32) / 255.0 - mean) / std
 
+    def transform_image(features, function):
+        if isinstance(features, dict):
+            return {**features, "image": function(features["image"])}
+        return function(features)
+
     if augment:
         flip = meta.horizontal_flip
         noise = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         ds = tf.data.Dataset.zip(ds, noise).map(
-            lambda example, rng: (scale(pad_crop_flip(example[0], rng, pad, flip)), example[1]),
+            lambda example, rng: (
+                transform_image(example[0], lambda image: scale(pad_crop_flip(image, rng, pad, flip))),
+                example[1],
+            ),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
     else:
-        ds = ds.map(lambda image, label: (scale(image), label), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(
+            lambda features, label: (transform_image(features, scale), label),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     return ds.prefetch(tf.data.AUTOTUNE) if prefetch else ds
 

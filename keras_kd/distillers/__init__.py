@@ -1,8 +1,10 @@
 """Distillers: keras.Model subclasses whose train_step distills a student."""
 
 from keras_kd.distillers.base import BaseDistiller, LossTerm
+from keras_kd.distillers.ensemble import EnsembleDistiller
 from keras_kd.distillers.features import FeatureTerm
 from keras_kd.distillers.logits import Distiller
+from keras_kd.distillers.sftn import SFTNTrainer
 from keras_kd.distillers.supervised import Supervised
 
-__all__ = ["BaseDistiller", "Distiller", "FeatureTerm", "LossTerm", "Supervised"]
+__all__ = ["BaseDistiller", "Distiller", "EnsembleDistiller", "FeatureTerm", "LossTerm", "SFTNTrainer", "Supervised"]

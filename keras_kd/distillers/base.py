@@ -133,6 +133,11 @@ class BaseDistiller(keras.Model):
 
     # -- what subclasses provide ------------------------------------------------
 
+    def deployable(self) -> keras.Model:
+        """The network to save, export and ship: the student (overridden by
+        trainers whose product is another network, e.g. SFTN's teacher)."""
+        return self.student
+
     def compute_terms(self, x, y, student_outputs: dict, training: bool) -> list[LossTerm]:
         """The weighted loss terms for one batch (student already run once)."""
         raise NotImplementedError
@@ -220,7 +225,8 @@ class BaseDistiller(keras.Model):
     def _total(self, terms: list[LossTerm]):
         checks = []
         if self.check_finite:
-            step = self.optimizer.iterations if self.optimizer is not None else -1
+            optimizer = getattr(self, "optimizer", None)  # None before compile()
+            step = optimizer.iterations if optimizer is not None else -1
             checks = [
                 tf.debugging.Assert(
                     tf.reduce_all(tf.math.is_finite(term.value)),

@@ -135,8 +135,9 @@ class Distiller(BaseDistiller):
                 student_shape = tuple(self.student_view.output[term.student_tap].shape)
                 teacher_shape = tuple(self.teacher_view.output[term.teacher_tap].shape)
                 adapter = term.loss.build_adapter(student_shape, teacher_shape, name=f"adapter_{name}")
-                adapter.build(student_shape)
-                adapters[name] = adapter
+                if adapter is not None:  # None: shapes already agree
+                    adapter.build(student_shape)
+                    adapters[name] = adapter
         return adapters
 
     def teacher_outputs(self, x) -> dict:

@@ -2,6 +2,7 @@
 
 from keras_kd.losses.attention import AttentionTransferLoss
 from keras_kd.losses.base import DistillationLoss
+from keras_kd.losses.embedding import EmbeddingMimicryLoss
 from keras_kd.losses.hint import HintLoss
 from keras_kd.losses.locality import LocalityPreservingLoss
 from keras_kd.losses.soft_target import SoftTargetLoss
@@ -12,11 +13,12 @@ REGISTRY = {
     "hint": HintLoss,
     "at": AttentionTransferLoss,
     "lp": LocalityPreservingLoss,
+    "embedding": EmbeddingMimicryLoss,
 }
 
 
 def get(name: str, **kwargs) -> DistillationLoss:
-    """A loss by short name (`kd`, `hint`, `at`, `lp`) with keyword arguments.
+    """A loss by short name (`kd`, `hint`, `at`, `lp`, `embedding`) with keyword arguments.
 
     >>> get("lp", k=3).k
     3
@@ -34,6 +36,7 @@ __all__ = [
     "get",
     "AttentionTransferLoss",
     "DistillationLoss",
+    "EmbeddingMimicryLoss",
     "HintLoss",
     "LocalityPreservingLoss",
     "SoftTargetLoss",

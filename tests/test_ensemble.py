@@ -1,0 +1,207 @@
+"""EKD: multi-branch student, EnsembleDistiller loss, teacher-output cache, ensemble export."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_kd import EnsembleDistiller, data, models
+from keras_kd.data.cache import CacheError, TeacherOutputCache
+from keras_kd.taps import tap_model
+
+from conftest import np_cross_entropy, np_log_softmax, np_soft_target
+
+SHAPE = (16, 16, 1)
+
+
+def np_l2n(v):
+    return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
+
+
+def make_teachers(names, shape=SHAPE):
+    return [models.get(name, shape, 10) for name in names]
+
+
+@pytest.mark.parametrize("teacher_names", [("resnet8", "cnn"), ("cnn", "resnet8", "wrn_16_1")])
+def test_loss_matches_numpy(teacher_names):
+    teachers = make_teachers(teacher_names)
+    n = len(teachers)
+    student = models.multibranch("resnet8", n, SHAPE, 10)
+    temperatures, alphas, betas = [2.0, 4.0, 3.0][:n], [1.0, 0.5, 2.0][:n], [1.0, 3.0, 0.5][:n]
+    distiller = EnsembleDistiller(
+        student, teachers, temperature=temperatures, alpha=alphas, beta=betas, ce_weight=0.7, ensemble_weight=1.3
+    )
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(6, *SHAPE)).astype("float32")
+    y = np.array([0, 3, 9, 1, 3, 5], "int32")
+    outputs = distiller(x, training=False, features=True)
+    terms = {t.name: (t.weight, float(t.value)) for t in distiller.compute_terms(x, y, outputs, training=False)}
+
+    branch_view = tap_model(student, [f"branch{i}" for i in range(1, n + 1)] + [f"branch{i}_embedding" for i in range(1, n + 1)])
+    s = {k: np.asarray(v, np.float64) for k, v in branch_view(x, training=False).items()}
+    expected = {"ensemble_ce_loss": (1.3, np_cross_entropy(y, np.mean([s[f"branch{i}"] for i in range(1, n + 1)], 0)))}
+    for i, teacher in enumerate(teachers, start=1):
+        t = {k: np.asarray(v, np.float64) for k, v in tap_model(teacher, ["embedding"])(x, training=False).items()}
+        h = s[f"branch{i}_embedding"]
+        if h.shape[-1] != t["embedding"].shape[-1]:  # the distiller's Dense adapter
+            h = h @ np.asarray(distiller.adapters[f"branch{i}"].kernel, np.float64)
+        else:
+            assert f"branch{i}" not in distiller.adapters
+        embedding = np.mean(np.sum((np_l2n(h) - np_l2n(t["embedding"])) ** 2, -1))
+        expected[f"branch{i}_ce_loss"] = (0.7 / n, np_cross_entropy(y, s[f"branch{i}"]))
+        kd = np_soft_target(t["logits"], s[f"branch{i}"], temperatures[i - 1])
+        expected[f"branch{i}_kd_loss"] = (alphas[i - 1] / n, kd)
+        expected[f"branch{i}_embedding_loss"] = (betas[i - 1] / n, embedding)
+    assert terms.keys() == expected.keys()
+    for name, (weight, value) in expected.items():
+        assert terms[name][0] == pytest.approx(weight), name
+        assert terms[name][1] == pytest.approx(value, rel=1e-4, abs=1e-5), name
+    total = sum(w * v for w, v in expected.values())
+    got = float(distiller._total(distiller.compute_terms(x, y, outputs, training=False)))
+    assert got == pytest.approx(total, rel=1e-4)
+
+
+def test_softmax_ensemble_is_log_of_mean_probability():
+    student = models.multibranch("resnet8", 3, SHAPE, 10, ensemble="softmax")
+    x = np.random.default_rng(0).normal(size=(4, *SHAPE)).astype("float32")
+    branches = tap_model(student, ["branch1", "branch2", "branch3"])(x, training=False)
+    probs = np.mean([np.exp(np_log_softmax(np.asarray(branches[f"branch{i}"], np.float64))) for i in (1, 2, 3)], 0)
+    np.testing.assert_allclose(np.exp(np_log_softmax(np.asarray(student(x), np.float64))), probs, atol=1e-6)
+
+
+def test_gradients_reach_every_branch_and_adapter_and_no_teacher():
+    teachers = make_teachers(("resnet8", "cnn", "resnet8"))
+    student = models.multibranch("resnet8", 3, SHAPE, 10)
+    distiller = EnsembleDistiller(student, teachers)
+    teacher_ids = {id(v) for t in teachers for v in t.weights}
+    assert not teacher_ids & {id(v) for v in distiller.trainable_variables}
+    x = np.random.default_rng(0).normal(size=(8, *SHAPE)).astype("float32")
+    y = np.arange(8) % 10
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        outputs = distiller(x, training=True, features=True)
+        total = distiller._total(distiller.compute_terms(x, y, outputs, training=True))
+    grads = tape.gradient(total, distiller.trainable_variables)
+    norms = {id(v): float(tf.norm(g)) for v, g in zip(distiller.trainable_variables, grads, strict=True) if g is not None}
+    parts = {name: student.get_layer(name) for name in ("shared_stem", "branch1_body", "branch2_body", "branch3_body")}
+    parts["branch1_head"] = student.get_layer("branch1_head")
+    parts["adapter of the cnn teacher"] = distiller.adapters["branch2"]
+    assert sorted(distiller.adapters) == ["branch2"]  # resnet8 teachers share the branch width
+    for part, layer in parts.items():
+        assert all(norms.get(id(v), 0) > 0 for v in layer.trainable_variables if "gamma" not in v.path), part
+    before = [np.array(w) for t in teachers for w in t.weights]
+    distiller.compile(optimizer="sgd")
+    distiller.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    after = [np.array(w) for t in teachers for w in t.weights]
+    assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+def test_teacher_count_must_match_branches_and_lists_match_teachers():
+    student = models.multibranch("resnet8", 3, SHAPE, 10)
+    with pytest.raises(ValueError, match="3 branches but 2 teachers"):
+        EnsembleDistiller(student, make_teachers(("cnn", "cnn")))
+    with pytest.raises(ValueError, match="`temperature` has 2 values but there are 3 teachers"):
+        EnsembleDistiller(student, make_teachers(("cnn",) * 3), temperature=[1.0, 2.0])
+    with pytest.raises(ValueError, match="not a keras_kd multi-branch student"):
+        EnsembleDistiller(models.get("resnet8", SHAPE, 10), make_teachers(("cnn",)))
+    wrong = [models.get("cnn", SHAPE, 10), models.get("cnn", SHAPE, 7), models.get("cnn", SHAPE, 10)]
+    with pytest.raises(ValueError, match="predicts 7 classes"):
+        EnsembleDistiller(student, wrong)
+
+
+def _cache_setup(tmp_path, beta=1.0):
+    shape = data.info("synthetic").input_shape
+    teachers = make_teachers(("resnet8", "cnn"), shape)
+    distiller = EnsembleDistiller(models.multibranch("resnet8", 2, shape, 10), teachers, beta=beta)
+    images, labels = data.load_arrays("synthetic", "train", subset_fraction=0.05)
+    cache = distiller.build_cache(images, lambda b: data.standardize(b, "synthetic"), tmp_path / "cache", verbose=0)
+    return distiller, cache, images
+
+
+def test_cache_round_trip_equals_online_teachers(tmp_path):
+    distiller, cache, images = _cache_setup(tmp_path)
+    reopened = TeacherOutputCache.load(tmp_path / "cache")
+    distiller.check_cache(reopened)
+    ds = data.load("synthetic", "train", 16, subset_fraction=0.05, augment=False, shuffle=True, teacher_cache=reopened)
+    x, y = next(iter(ds))
+    assert sorted(x) == ["image", "teacher1_embedding", "teacher1_logits", "teacher2_embedding", "teacher2_logits"]
+    online = distiller.teacher_outputs(x["image"])
+    cached = distiller.teacher_outputs(x)
+    for a, b in zip(online, cached, strict=True):
+        for key in ("logits", "embedding"):
+            np.testing.assert_allclose(np.asarray(a[key]), np.asarray(b[key]), atol=1e-5)
+    outputs = distiller(x, training=False, features=True)
+    online_terms = distiller.compute_terms(x["image"], y, outputs, training=False)
+    cached_terms = distiller.compute_terms(x, y, outputs, training=False)
+    for a, b in zip(online_terms, cached_terms, strict=True):
+        assert float(a.value) == pytest.approx(float(b.value), rel=1e-5, abs=1e-6)
+    distiller.compile(optimizer="sgd")
+    history = distiller.fit(ds, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_cache_refuses_augmentation_and_mismatches(tmp_path):
+    distiller, cache, images = _cache_setup(tmp_path, beta=0.0)
+    assert not cache.has_embeddings
+    with pytest.raises(ValueError, match="augmentation"):
+        data.load("synthetic", "train", 16, subset_fraction=0.05, augment=True, teacher_cache=cache)
+    data.load("synthetic", "train", 16, subset_fraction=0.05, augment=True, teacher_cache=cache, accept_augmentation=True)
+    with pytest.raises(CacheError, match="rows but the training set has"):
+        data.load("synthetic", "train", 16, subset_fraction=0.1, augment=False, teacher_cache=cache)
+    with pytest.raises(CacheError, match="different training images"):
+        data.load("synthetic", "train", 16, subset_fraction=0.05, subset_seed=3, augment=False, teacher_cache=cache)
+    shape = data.info("synthetic").input_shape
+    other = EnsembleDistiller(models.multibranch("resnet8", 2, shape, 10), make_teachers(("cnn", "resnet8"), shape))
+    with pytest.raises(CacheError, match="holds outputs of teachers"):
+        other.check_cache(cache)
+    with_embeddings = EnsembleDistiller(models.multibranch("resnet8", 2, shape, 10), distiller.teachers)
+    with pytest.raises(CacheError, match="logits only"):
+        with_embeddings.check_cache(cache)
+    (tmp_path / "cache" / "manifest.json").write_text("{not json")
+    with pytest.raises(CacheError, match="corrupt"):
+        TeacherOutputCache.load(tmp_path / "cache")
+
+
+def test_step_with_cache_never_runs_the_teachers(tmp_path):
+    distiller, cache, _ = _cache_setup(tmp_path)
+    distiller.compile(optimizer="sgd")
+    ds = data.load("synthetic", "train", 10, subset_fraction=0.05, augment=False, teacher_cache=cache)
+
+    class Boom(keras.layers.Layer):
+        def call(self, inputs):
+            raise AssertionError("a teacher ran")
+
+    for teacher in distiller.teachers:  # any teacher call would now fail
+        teacher.call = Boom().call
+    distiller.teacher_views = [None] * 2
+    history = distiller.fit(ds, epochs=1, verbose=0)
+    assert len(history.history["loss"]) == 1
+
+
+def test_ensemble_export_equals_mean_of_branches_keras_and_tflite(tmp_path):
+    from keras_kd import export
+
+    student = models.multibranch("resnet8", 3, SHAPE, 10)
+    x = np.random.default_rng(0).normal(size=(5, *SHAPE)).astype("float32")
+    branches = [models.extract_branch(student, i) for i in (1, 2, 3)]
+    mean = np.mean([np.asarray(b(x)) for b in branches], axis=0)
+    np.testing.assert_allclose(np.asarray(student(x)), mean, atol=1e-5)
+    path = export.export_tflite(student, tmp_path / "ensemble.tflite")
+    runner = export.TFLiteRunner(path)
+    np.testing.assert_allclose(runner(x), mean, atol=1e-4)
+    single = tmp_path / "branch2.keras"
+    branches[1].save(single)
+    np.testing.assert_allclose(np.asarray(keras.models.load_model(single)(x)), np.asarray(branches[1](x)), atol=1e-6)
+
+
+def test_independent_branches_and_save_load_round_trip(tmp_path):
+    student = models.multibranch("resnet8", 2, SHAPE, 10, shared_stem=False)
+    assert "shared_stem" not in [layer.name for layer in student.layers]
+    distiller = EnsembleDistiller(student, make_teachers(("cnn", "resnet8")), temperature=[2.0, 3.0], beta=0.0)
+    distiller.compile(optimizer="sgd")
+    x = np.random.default_rng(0).normal(size=(8, *SHAPE)).astype("float32")
+    distiller.fit(x, np.arange(8) % 10, epochs=1, verbose=0)
+    distiller.save(tmp_path / "ekd.keras")
+    loaded = keras.models.load_model(tmp_path / "ekd.keras")
+    assert isinstance(loaded, EnsembleDistiller) and loaded.temperatures == [2.0, 3.0]
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(distiller(x)), atol=1e-5)
