@@ -1,7 +1,7 @@
 """keras-kd: knowledge distillation for Keras 3, inside `model.fit`.
 
 Public API: `Distiller` (Hinton KD + feature terms), `FeatureTerm`, `EnsembleDistiller` (EKD),
-`SFTNTrainer` (student-friendly teachers), `keras_kd.losses`, `keras_kd.models`
+`SFTNTrainer` (student-friendly teachers), `OnlineEnsembleDistiller` (OEMC), `keras_kd.losses`, `keras_kd.models`
 (zoo with feature taps, params/FLOPs), `keras_kd.data` (datasets).
 """
 
@@ -19,4 +19,4 @@ from keras_kd.taps import tap_model
 
 __version__ = "0.1.0"
 
-__all__ = ["BaseDistiller", "Distiller", "EnsembleDistiller", "FeatureTerm", "LossTerm", "SFTNTrainer", "Supervised", "data", "losses", "models", "tap_model"]
+__all__ = ["BaseDistiller", "Distiller", "EnsembleDistiller", "FeatureTerm", "LossTerm", "OnlineEnsembleDistiller", "SFTNTrainer", "Supervised", "data", "losses", "models", "tap_model"]

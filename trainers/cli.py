@@ -21,6 +21,10 @@ def graph_error_summary(error: Exception) -> str:
     return text.strip().splitlines()[-1]
 
 
+#: command -> function of trainers.runs
+RUNS = {"train-teacher": "train_teacher", "distill": "distill", "train-online": "train_online"}
+
+
 def _add_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML config file (see trainers/configs/).")
     parser.add_argument(
@@ -44,10 +48,22 @@ def build_parser() -> argparse.ArgumentParser:
         prog="keras-kd", description="Knowledge distillation for Keras 3, from YAML configs."
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    teacher = commands.add_parser("train-teacher", help="train a model with cross-entropy only.")
+    teacher = commands.add_parser(
+        "train-teacher", help="train a teacher: cross-entropy, or SFTN (student-friendly, --method sftn)."
+    )
     _add_run_args(teacher)
-    distill = commands.add_parser("distill", help="distill a student from a trained teacher.")
+    teacher.add_argument(
+        "--method", choices=["ce", "sftn"], help="shortcut for --set teacher_method=METHOD (default: config, ce)."
+    )
+    teacher.add_argument("--student-arch", help="SFTN: the student architecture (--set sftn.student_arch=ARCH).")
+    distill = commands.add_parser(
+        "distill", help="distill a student: KD/feature terms from a teacher, or EKD from several teachers."
+    )
     _add_run_args(distill)
+    online = commands.add_parser(
+        "train-online", help="online ensemble compression: S students of decreasing width and their ensemble."
+    )
+    _add_run_args(online)
     evaluate = commands.add_parser("evaluate", help="test accuracy, params and FLOPs of a model.")
     evaluate.add_argument("model", help="a .keras file or a run folder.")
     evaluate.add_argument("--dataset", default="fashion_mnist")
@@ -77,14 +93,18 @@ def main(argv: list[str] | None = None) -> int:
     from trainers.config import ConfigError, load_config
 
     try:
-        if args.command in ("train-teacher", "distill"):
+        if args.command in RUNS:
             overrides = list(args.overrides)
             if args.run_name:
                 overrides.append(f"run_name={args.run_name}")
             if args.output_dir:
                 overrides.append(f"output_dir={args.output_dir}")
+            if getattr(args, "method", None):
+                overrides.append(f"teacher_method={args.method}")
+            if getattr(args, "student_arch", None):
+                overrides.append(f"sftn.student_arch={args.student_arch}")
             config = load_config(args.config, overrides)
-            run = runs.train_teacher if args.command == "train-teacher" else runs.distill
+            run = getattr(runs, RUNS[args.command])
             result = run(config, overwrite=args.overwrite, resume=args.resume)
         elif args.command == "export":
             result = runs.export_run(

@@ -50,12 +50,57 @@ class FeatureConfig:
 
 
 @dataclasses.dataclass
+class EKDConfig:
+    """Ensemble KD (`distill.method: ekd`): one student branch per entry of `teachers`."""
+
+    beta: float = 1.0
+    ensemble_weight: float = 1.0
+    temperatures: list[float] | None = None
+    shared_stem: bool = True
+    ensemble: Literal["logits", "softmax"] = "logits"
+    teacher_cache: bool = False
+    accept_augmentation: bool = False
+
+
+@dataclasses.dataclass
 class DistillConfig:
-    method: Literal["kd"] = "kd"
+    """`kd`: Hinton KD (+ `features`) from `teacher`; `ekd`: ensemble KD from `teachers`.
+
+    For `ekd`, `alpha` weighs each branch's KD term and `ce_weight` (default 1)
+    each branch's cross-entropy."""
+
+    method: Literal["kd", "ekd"] = "kd"
     temperature: float = 4.0
     alpha: float = 0.9
     ce_weight: float | None = None
     features: list[FeatureConfig] = dataclasses.field(default_factory=list)
+    ekd: EKDConfig = dataclasses.field(default_factory=EKDConfig)
+
+
+@dataclasses.dataclass
+class SFTNConfig:
+    """Student-friendly teacher training (`train-teacher --method sftn`)."""
+
+    student_arch: str | None = None
+    lambda_t: float = 1.0
+    lambda_kl: float = 3.0
+    lambda_ce: float = 1.0
+    temperature: float = 1.0
+    share_student_blocks: bool = True
+    teacher_boundaries: list[str] = dataclasses.field(default_factory=lambda: ["stage1", "stage2"])
+    student_boundaries: list[str] = dataclasses.field(default_factory=lambda: ["stage1", "stage2"])
+
+
+@dataclasses.dataclass
+class OnlineConfig:
+    """Online ensemble compression (`train-online`): `student.arch` is the widest student."""
+
+    num_students: int = 5
+    width_ratios: list[float] | None = None
+    ce_weight: float = 0.7
+    inter_weight: float = 0.15
+    kd_weight: float = 0.15
+    temperature: float = 2.0
 
 
 @dataclasses.dataclass
@@ -82,8 +127,12 @@ class RunConfig:
     seed: int = 0
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     teacher: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    teachers: list[ModelConfig] = dataclasses.field(default_factory=list)
     student: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    teacher_method: Literal["ce", "sftn"] = "ce"
+    sftn: SFTNConfig = dataclasses.field(default_factory=SFTNConfig)
     distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
+    online: OnlineConfig = dataclasses.field(default_factory=OnlineConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 
     @property
@@ -232,10 +281,19 @@ def validate(config: RunConfig) -> RunConfig:
             losses.get(feature.loss, **feature.loss_args)
         except ValueError as error:
             raise ConfigError(f"`distill.features[{i}].loss_args`: {error}") from error
-    for section in ("teacher", "student"):
-        model = getattr(config, section)
+    for section, model in [("teacher", config.teacher), ("student", config.student)] + [
+        (f"teachers[{i}]", model) for i, model in enumerate(config.teachers)
+    ]:
         if model.arch and model.path:
             raise ConfigError(f"`{section}`: give either `arch` or `path`, not both.")
+    if config.distill.method == "ekd" and config.distill.ekd.temperatures is not None:
+        if len(config.distill.ekd.temperatures) != len(config.teachers):
+            raise ConfigError(
+                f"`distill.ekd.temperatures` has {len(config.distill.ekd.temperatures)} values for "
+                f"{len(config.teachers)} `teachers`."
+            )
+    if config.online.num_students < 2:
+        raise ConfigError(f"`online.num_students` must be >= 2, got {config.online.num_students}.")
     if not config.run_name or "/" in config.run_name:
         raise ConfigError(f"`run_name` must be a non-empty name without '/', got {config.run_name!r}.")
     return config

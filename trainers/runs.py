@@ -18,6 +18,7 @@ import yaml
 
 import keras_kd
 from keras_kd import data, models
+from trainers import methods
 from trainers.config import RunConfig, dump
 
 LOG = logging.getLogger("keras_kd")
@@ -127,8 +128,9 @@ class EpochLogger(keras.callbacks.Callback):
         LOG.info("epoch %d: %s", epoch + 1, items)
 
 
-def datasets(config: RunConfig):
-    """(train, test) pipelines from the `data` section."""
+def datasets(config: RunConfig, teacher_cache=None):
+    """(train, test) pipelines from the `data` section (training batches carry
+    the cached teacher outputs when `teacher_cache` is given)."""
     cfg = config.data
     common = dict(data_dir=cfg.data_dir, subset_seed=cfg.subset_seed)
     train = data.load(
@@ -140,6 +142,8 @@ def datasets(config: RunConfig):
         augment=cfg.augment,
         pad=cfg.pad,
         seed=config.seed,
+        teacher_cache=teacher_cache,
+        accept_augmentation=config.distill.ekd.accept_augmentation,
         **common,
     )
     test = data.load(cfg.name, "test", 512, **common)
@@ -226,14 +230,15 @@ class RunSummaries(keras.callbacks.Callback):
             tf.summary.text("hparams", "| hparam | value |\n|---|---|\n" + rows, step=0)
 
 
-def write_run_projector(run_dir: Path, model: keras.Model, test) -> None:
-    """Test-set embeddings of the model's `embedding` layer for the projector (zoo models)."""
+def write_run_projector(run_dir: Path, model: keras.Model, test, taps=("embedding",)) -> None:
+    """Test-set embeddings (the `taps` layers, concatenated) for the projector (zoo models)."""
     from keras_kd.projector import collect_embeddings, write_projector
 
-    if "embedding" not in [layer.name for layer in getattr(model, "layers", [])]:
-        LOG.info("no `embedding` layer: projector embeddings skipped")
+    names = [layer.name for layer in getattr(model, "layers", [])]
+    if not all(tap in names for tap in taps):
+        LOG.info("no %s layer: projector embeddings skipped", "/".join(taps))
         return
-    embeddings, labels = collect_embeddings(model, test)
+    embeddings, labels = collect_embeddings(model, test, list(taps))
     write_projector(run_dir / "tensorboard" / "projector", embeddings, labels)
 
 
@@ -274,8 +279,9 @@ def _epochs_done(run_dir: Path) -> int:
 
 
 def _results(run_dir: Path, trainer, test, train_time: float, extra: dict) -> dict:
-    """Size and final test accuracy of the trained (student) model."""
-    model = trainer.student
+    """Size and final test accuracy of the trained (deployable) model, plus
+    every other accuracy the trainer reports (branches, students)."""
+    model = trainer.deployable()
     summary = models.summarize(model)
     metrics = trainer.evaluate(test, return_dict=True, verbose=0)
     results = {
@@ -284,6 +290,11 @@ def _results(run_dir: Path, trainer, test, train_time: float, extra: dict) -> di
         "trainable_params": summary.trainable_params,
         "macs": summary.macs,
         "test_accuracy": float(metrics["accuracy"]),
+        **{
+            f"test_{name}": float(value)
+            for name, value in metrics.items()
+            if name.endswith("_accuracy") and name != "accuracy"
+        },
         "train_time_s": round(train_time, 1),
         **extra,
     }
@@ -339,11 +350,14 @@ def distill(config: RunConfig, overwrite: bool = False, resume: bool = False) ->
 def _train_plain(config: RunConfig, overwrite: bool, resume: bool) -> dict:
     keras.utils.set_random_seed(config.seed)
     section = config.teacher if (config.teacher.arch or config.teacher.path) else config.student
-    model = build_model(section, config, "trained model")
+    if config.teacher_method == "ce":
+        trainer = keras_kd.Supervised(build_model(section, config, "trained model"))
+    else:
+        trainer = methods.TEACHER_TRAINERS[config.teacher_method](config, build_model)
+    model = trainer.deployable()
     run_dir = prepare_run_dir(config, overwrite, resume)
     try:
         train, test = datasets(config)
-        trainer = keras_kd.Supervised(model)
         trainer.compile(
             optimizer=optimizer(config, steps_in(train, config)),
             jit_compile=jit_setting(config),
@@ -358,25 +372,43 @@ def _train_plain(config: RunConfig, overwrite: bool, resume: bool) -> dict:
 
 def _distill(config: RunConfig, overwrite: bool, resume: bool) -> dict:
     keras.utils.set_random_seed(config.seed)
-    if not config.teacher.path:
-        raise RunError("`teacher.path` must name a trained teacher (.keras file or run folder).")
-    teacher = build_model(config.teacher, config, "teacher")
-    student = build_model(config.student, config, "student")
-    cfg = config.distill
-    features = [
-        keras_kd.FeatureTerm(
-            f.teacher_tap, f.student_tap, keras_kd.losses.get(f.loss, **f.loss_args), f.weight
+    distiller = methods.DISTILLERS[config.distill.method](config, build_model)
+    student = distiller.student
+    run_dir = prepare_run_dir(config, overwrite, resume)
+    try:
+        train, test = datasets(config, methods.teacher_cache(config, distiller, run_dir))
+        distiller.compile(
+            optimizer=optimizer(config, steps_in(train, config)),
+            jit_compile=jit_setting(config),
         )
-        for f in cfg.features
-    ]
-    distiller = keras_kd.Distiller(
-        student,
-        teacher,
-        temperature=cfg.temperature,
-        alpha=cfg.alpha,
-        ce_weight=cfg.ce_weight,
-        features=features,
-    )
+        seconds = _fit(distiller, config, train, test, run_dir, "distiller.keras")
+        atomic_save(distiller, run_dir / "distiller.keras")
+        atomic_save(student, run_dir / "student.keras")
+        extra = {"run_dir": str(run_dir), "epochs": _epochs_done(run_dir)}
+        if isinstance(distiller, keras_kd.EnsembleDistiller):
+            for index in range(1, distiller.num_teachers + 1):
+                atomic_save(models.extract_branch(student, index), run_dir / f"branch{index}.keras")
+            write_run_projector(run_dir, student, test, [f"branch{i}_embedding" for i in range(1, distiller.num_teachers + 1)])
+            extra["teachers"] = [section.path for section in config.teachers]
+        else:
+            write_run_projector(run_dir, student, test)
+            extra["teacher"] = config.teacher.path
+        return _results(run_dir, distiller, test, seconds, extra)
+    finally:
+        close_log()
+
+
+def train_online(config: RunConfig, overwrite: bool = False, resume: bool = False) -> dict:
+    """Online ensemble compression from scratch: every student and the ensemble
+    saved as `.keras` + `.tflite`, with `students.json` (params, MACs, accuracy,
+    compression) beside them."""
+    with run_context(config):
+        return _train_online(config, overwrite, resume)
+
+
+def _train_online(config: RunConfig, overwrite: bool, resume: bool) -> dict:
+    keras.utils.set_random_seed(config.seed)
+    distiller = methods.build_online(config, build_model)
     run_dir = prepare_run_dir(config, overwrite, resume)
     try:
         train, test = datasets(config)
@@ -386,17 +418,46 @@ def _distill(config: RunConfig, overwrite: bool, resume: bool) -> dict:
         )
         seconds = _fit(distiller, config, train, test, run_dir, "distiller.keras")
         atomic_save(distiller, run_dir / "distiller.keras")
-        atomic_save(distiller.student, run_dir / "student.keras")
-        write_run_projector(run_dir, student, test)
-        return _results(
-            run_dir,
-            distiller,
-            test,
-            seconds,
-            {"run_dir": str(run_dir), "epochs": _epochs_done(run_dir), "teacher": config.teacher.path},
+        results = _results(
+            run_dir, distiller, test, seconds, {"run_dir": str(run_dir), "epochs": _epochs_done(run_dir)}
         )
+        results["students"] = _online_deliverables(distiller, run_dir, test)
+        atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
+        return results
     finally:
         close_log()
+
+
+def _online_deliverables(distiller, run_dir: Path, test) -> list[dict]:
+    from keras_kd import export
+
+    networks = {f"student{j}": distiller.student_model(j) for j in range(1, distiller.num_students + 1)}
+    networks["ensemble"] = distiller.ensemble_model()
+    rows, largest = [], None
+    for name, model in networks.items():
+        atomic_save(model, run_dir / f"{name}.keras")
+        export.export_tflite(model, run_dir / f"{name}.tflite")
+        compile_for_evaluation(model)
+        summary = models.summarize(model)
+        largest = largest or summary.params
+        accuracy = float(model.evaluate(test, return_dict=True, verbose=0)["accuracy"])
+        rows.append(
+            {
+                "name": name,
+                "params": summary.params,
+                "macs": summary.macs,
+                "test_accuracy": accuracy,
+                "params_vs_student1": round(summary.params / largest, 4),
+            }
+        )
+    table = ["| model | params | MACs | test acc (%) | params / student 1 |", "| --- | ---: | ---: | ---: | ---: |"]
+    table += [
+        f"| {r['name']} | {r['params']:,} | {r['macs']:,} | {100 * r['test_accuracy']:.2f} | {r['params_vs_student1']:.3f} |"
+        for r in rows
+    ]
+    atomic_write_text(run_dir / "students.md", "\n".join(table) + "\n")
+    LOG.info("students:\n%s", "\n".join(table))
+    return rows
 
 
 def evaluate(ref: str, dataset: str, data_dir: str | None = None, batch_size: int = 512) -> dict:

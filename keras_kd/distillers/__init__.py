@@ -4,7 +4,8 @@ from keras_kd.distillers.base import BaseDistiller, LossTerm
 from keras_kd.distillers.ensemble import EnsembleDistiller
 from keras_kd.distillers.features import FeatureTerm
 from keras_kd.distillers.logits import Distiller
+from keras_kd.distillers.online import OnlineEnsembleDistiller
 from keras_kd.distillers.sftn import SFTNTrainer
 from keras_kd.distillers.supervised import Supervised
 
-__all__ = ["BaseDistiller", "Distiller", "EnsembleDistiller", "FeatureTerm", "LossTerm", "SFTNTrainer", "Supervised"]
+__all__ = ["BaseDistiller", "Distiller", "EnsembleDistiller", "FeatureTerm", "LossTerm", "OnlineEnsembleDistiller", "SFTNTrainer", "Supervised"]

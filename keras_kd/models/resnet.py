@@ -7,7 +7,9 @@ after a 16-channel stem; the `x4` variants (`resnet8x4`, `resnet32x4`) use
 
 from __future__ import annotations
 
+import math
 import re
+from fractions import Fraction
 
 import keras
 from keras import layers
@@ -15,6 +17,22 @@ from keras import layers
 from keras_kd.models.layers import batch_norm, classifier_head, conv, relu
 
 RESNET_PATTERN = re.compile(r"^resnet(\d+)(x4)?$")
+
+
+def scale_channels(channels: int, ratio: int | float | Fraction = 1) -> int:
+    """`max(1, floor(channels * ratio))`, exact for int and `Fraction` ratios.
+
+    Floats are multiplied in floating point and then floored, so pass a
+    `fractions.Fraction` (e.g. `Fraction(4, 5)`) when the exact integer
+    `channels * num // den` matters.
+    """
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float, Fraction)):
+        raise TypeError(f"`width_ratio` must be an int, float or fractions.Fraction, got {ratio!r}.")
+    if not (math.isfinite(ratio) and ratio > 0):
+        raise ValueError(f"`width_ratio` must be a finite number > 0, got {ratio!r}.")
+    if isinstance(ratio, float):
+        return max(1, math.floor(channels * ratio))
+    return max(1, math.floor(Fraction(channels) * ratio))
 
 
 def basic_block(x, filters: int, strides: int, prefix: str, out_name: str):
@@ -63,10 +81,12 @@ def build_resnet(
     return keras.Model(inputs, outputs, name=name)
 
 
-def resnet_from_name(name: str, input_shape, num_classes: int) -> keras.Model:
+def resnet_from_name(name: str, input_shape, num_classes: int, width_ratio=1) -> keras.Model:
     match = RESNET_PATTERN.match(name)
     if match is None:
         raise ValueError(f"Not a CIFAR ResNet name: {name!r}.")
     depth = int(match.group(1))
     widths = (32, 64, 128, 256) if match.group(2) else (16, 16, 32, 64)
+    if width_ratio != 1:
+        widths = (widths[0], *(scale_channels(c, width_ratio) for c in widths[1:]))
     return build_resnet(depth, widths, input_shape, num_classes, name)

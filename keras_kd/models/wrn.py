@@ -12,6 +12,7 @@ import keras
 from keras import layers
 
 from keras_kd.models.layers import batch_norm, classifier_head, conv, relu
+from keras_kd.models.resnet import scale_channels
 
 WRN_PATTERN = re.compile(r"^wrn_(\d+)_(\d+)$")
 
@@ -30,8 +31,14 @@ def preact_block(x, filters: int, strides: int, prefix: str, out_name: str):
     return layers.Add(name=out_name)([y, shortcut])
 
 
-def build_wrn(depth: int, width: int, input_shape, num_classes: int, name: str) -> keras.Model:
-    """Builds WRN-`depth`-`width`; taps: stem, stage1..3, embedding, logits."""
+def build_wrn(
+    depth: int, width: int, input_shape, num_classes: int, name: str, width_ratio=1
+) -> keras.Model:
+    """Builds WRN-`depth`-`width`; taps: stem, stage1..3, embedding, logits.
+
+    `width_ratio` scales the stage widths (not the 16-channel stem) to
+    `max(1, floor(C * width_ratio))` channels (see `scale_channels`).
+    """
     if (depth - 4) % 6 != 0 or depth < 10 or width < 1:
         raise ValueError(
             f"WRN depth must be 6n+4 with n >= 1 and width >= 1, got d={depth}, k={width}."
@@ -39,7 +46,8 @@ def build_wrn(depth: int, width: int, input_shape, num_classes: int, name: str) 
     blocks_per_stage = (depth - 4) // 6
     inputs = keras.Input(shape=input_shape, name="image")
     x = conv(16, 3, 1, name="stem")(inputs)
-    for stage, filters in enumerate((16 * width, 32 * width, 64 * width), start=1):
+    stage_widths = [scale_channels(c * width, width_ratio) for c in (16, 32, 64)]
+    for stage, filters in enumerate(stage_widths, start=1):
         for block in range(blocks_per_stage):
             strides = 2 if (stage > 1 and block == 0) else 1
             last = block == blocks_per_stage - 1
@@ -53,8 +61,9 @@ def build_wrn(depth: int, width: int, input_shape, num_classes: int, name: str) 
     return keras.Model(inputs, outputs, name=name)
 
 
-def wrn_from_name(name: str, input_shape, num_classes: int) -> keras.Model:
+def wrn_from_name(name: str, input_shape, num_classes: int, width_ratio=1) -> keras.Model:
     match = WRN_PATTERN.match(name)
     if match is None:
         raise ValueError(f"Not a WRN name: {name!r}.")
-    return build_wrn(int(match.group(1)), int(match.group(2)), input_shape, num_classes, name)
+    depth, width = int(match.group(1)), int(match.group(2))
+    return build_wrn(depth, width, input_shape, num_classes, name, width_ratio=width_ratio)

@@ -1,0 +1,219 @@
+"""Online Ensemble Model Compression (OEMC): S students and their ensemble in one run."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from fractions import Fraction
+
+import keras
+from keras import ops
+
+from keras_kd.distillers.base import (
+    BaseDistiller,
+    LossTerm,
+    check_weights,
+    cross_entropy,
+    deserialize_entries,
+)
+from keras_kd.losses.base import check_positive
+from keras_kd.losses.soft_target import SoftTargetLoss
+from keras_kd.models.online import STAGES, components, ensemble_view, extract_student, online_ensemble
+from keras_kd.taps import LOGITS
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class OnlineEnsembleDistiller(BaseDistiller):
+    """Online Ensemble Model Compression (Walawalkar, Shen, Savvides, "Online
+    Ensemble Model Compression using Knowledge Distillation", ECCV 2020,
+    arXiv 2011.07449).
+
+    One training run from scratch, without a pre-trained teacher, trains `S`
+    students of decreasing width that share a stem (see
+    `keras_kd.models.online.online_ensemble`) and their ensemble. Student 1,
+    the full-width network, is the "pseudo teacher". With `z_i` the logits of
+    student `i`, `x_T = mean_i z_i` the ensemble logits and `x_l^(b)` the
+    feature map of student `l` at the end of stage `b`:
+
+    ```
+    ce_loss    = sum_i CE(y, z_i)
+    inter_loss = sum_{b=1..3} sum_{l=2..S} mean((stop_gradient(x_1^(b)) - A_{l,b}(x_l^(b)))^2)
+    kd_loss    = sum_i T^2 * KL(softmax(stop_gradient(x_T) / T) || softmax(z_i / T))
+    loss       = ce_weight * ce_loss + inter_weight * inter_loss + kd_weight * kd_loss
+    ```
+
+    `A_{l,b}` is a trainable 1x1 convolution without bias (the adapter maps
+    channels only; a bias would merely absorb the maps' means) from student
+    `l`'s channels to the pseudo teacher's, owned by the distiller (saved
+    with it, never part of the deployable models, in `self.adapters` keyed
+    `"student{l}_stage{b}"`). KL is summed over classes and averaged over the
+    batch. Every network runs once per step: the logits and stage maps of
+    all students come from ONE pass of the shared-stem network.
+
+    `call()`/`predict`/`export` give the ensemble logits. Metrics: `loss`,
+    `ce_loss`, `inter_loss`, `kd_loss` (unweighted), `accuracy` (ensemble
+    top-1) and `student1_accuracy` .. `studentS_accuracy`.
+    `ensemble_model()` is the deployable ensemble (`image -> mean logits`),
+    `student_model(j)` the standalone student `j` (1 = pseudo teacher).
+
+    Args:
+        network: an `online_ensemble(...)` model, or a zoo name (then built
+            from `input_shape`, `num_classes`, `num_students`, `width_ratios`,
+            see `online_ensemble`; defaults `(32, 32, 3)`, 10, 5, `(S-j)/S`).
+        ce_weight, inter_weight, kd_weight: loss weights (>= 0, not all 0).
+        temperature: softmax temperature `T` of the KD term (> 0).
+        check_finite, check_labels: see `BaseDistiller`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_kd.distillers.online import OnlineEnsembleDistiller
+    >>> distiller = OnlineEnsembleDistiller("resnet8", input_shape=(16, 16, 1), num_students=3)
+    >>> distiller.compile(optimizer="adam")
+    >>> x = np.random.rand(8, 16, 16, 1).astype("float32")
+    >>> history = distiller.fit(x, np.arange(8) % 10, epochs=1, verbose=0)
+    >>> sorted(history.history)  # doctest: +NORMALIZE_WHITESPACE
+    ['accuracy', 'ce_loss', 'inter_loss', 'kd_loss', 'loss',
+     'student1_accuracy', 'student2_accuracy', 'student3_accuracy']
+    >>> distiller.student_model(3).output_shape
+    (None, 10)
+    """
+
+    def __init__(
+        self,
+        network: keras.Model | str = "resnet8",
+        input_shape: Sequence[int] | None = None,
+        num_classes: int | None = None,
+        num_students: int | None = None,
+        width_ratios: Sequence[int | float | Fraction] | None = None,
+        ce_weight: float = 0.7,
+        inter_weight: float = 0.15,
+        kd_weight: float = 0.15,
+        temperature: float = 2.0,
+        check_finite: bool = True,
+        check_labels: bool = True,
+        **kwargs,
+    ):
+        if isinstance(network, str):
+            network = online_ensemble(
+                network,
+                input_shape=(32, 32, 3) if input_shape is None else input_shape,
+                num_classes=10 if num_classes is None else num_classes,
+                num_students=num_students,
+                width_ratios=width_ratios,
+            )
+        elif not isinstance(network, keras.Model):
+            raise TypeError(
+                "`network` must be an online_ensemble(...) model or a zoo model name, "
+                f"got {type(network).__name__}."
+            )
+        else:
+            given = {
+                "input_shape": input_shape,
+                "num_classes": num_classes,
+                "num_students": num_students,
+                "width_ratios": width_ratios,
+            }
+            given = [key for key, value in given.items() if value is not None]
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} only apply when `network` is a zoo name; the given "
+                    "online_ensemble model already fixes them."
+                )
+        _, branches, _ = components(network)  # clear error for other models
+        weights = check_weights({"ce_weight": ce_weight, "inter_weight": inter_weight, "kd_weight": kd_weight})
+        num = len(branches)
+        kwargs.setdefault("name", "online_ensemble_distiller")
+        super().__init__(
+            network,
+            int(network.output_shape[-1]),
+            term_names=("ce_loss", "inter_loss", "kd_loss"),
+            check_finite=check_finite,
+            check_labels=check_labels,
+            accuracy_outputs=[f"student{j}" for j in range(1, num + 1)],
+            **kwargs,
+        )
+        self.num_students = num
+        self.ce_weight = weights["ce_weight"]
+        self.inter_weight = weights["inter_weight"]
+        self.kd_weight = weights["kd_weight"]
+        self.temperature = check_positive("temperature", temperature)
+        self.soft_target = SoftTargetLoss(self.temperature)
+        self.view = ensemble_view(network)
+        self.adapters = self._build_adapters()
+        self.mark_built()
+
+    def _build_adapters(self) -> dict:
+        adapters = {}
+        shapes = {key: tuple(tensor.shape) for key, tensor in self.view.output.items()}
+        for student in range(2, self.num_students + 1):
+            for stage in STAGES:
+                key = f"student{student}_{stage}"
+                adapter = keras.layers.Conv2D(
+                    shapes[f"student1_{stage}"][-1],
+                    1,
+                    use_bias=False,
+                    kernel_initializer="he_normal",
+                    name=f"adapter_{key}",
+                )
+                adapter.build(shapes[key])
+                adapters[key] = adapter
+        return adapters
+
+    # -- models -----------------------------------------------------------------
+
+    def ensemble_model(self) -> keras.Model:
+        """The deployable ensemble network `image -> mean of the students' logits`."""
+        return self.student
+
+    def student_model(self, index: int) -> keras.Model:
+        """Standalone student `index` (1 = pseudo teacher .. S), sharing its weights."""
+        return extract_student(self.student, index)
+
+    def student_models(self) -> list[keras.Model]:
+        """`[student_model(1), ..., student_model(S)]`."""
+        return [self.student_model(j) for j in range(1, self.num_students + 1)]
+
+    # -- training ---------------------------------------------------------------
+
+    def call(self, inputs, training=None, features=False):
+        """Ensemble logits; with `features=True`, the dict of every student's
+        logits (`student{j}`) and stage maps (`student{j}_stage{b}`) too."""
+        if not features:
+            return self.student(inputs, training=training)
+        return self.view(inputs, training=training)
+
+    def compute_terms(self, x, y, student_outputs, training):
+        students = range(1, self.num_students + 1)
+        ensemble = student_outputs[LOGITS]
+        ce = ops.sum(ops.stack([cross_entropy(y, student_outputs[f"student{j}"]) for j in students]))
+        kd = ops.sum(
+            ops.stack([self.soft_target(ensemble, student_outputs[f"student{j}"]) for j in students])
+        )
+        inter = []
+        for stage in STAGES:
+            target = ops.stop_gradient(ops.cast(student_outputs[f"student1_{stage}"], "float32"))
+            for j in students[1:]:
+                key = f"student{j}_{stage}"
+                mapped = ops.cast(self.adapters[key](student_outputs[key]), "float32")
+                inter.append(ops.mean(ops.square(target - mapped)))
+        return [
+            LossTerm("ce_loss", self.ce_weight, ce),
+            LossTerm("inter_loss", self.inter_weight, ops.sum(ops.stack(inter))),
+            LossTerm("kd_loss", self.kd_weight, kd),
+        ]
+
+    def get_config(self) -> dict:
+        return {
+            "network": keras.saving.serialize_keras_object(self.student),
+            "ce_weight": self.ce_weight,
+            "inter_weight": self.inter_weight,
+            "kd_weight": self.kd_weight,
+            "temperature": self.temperature,
+            "check_finite": self.check_finite,
+            "check_labels": self.check_labels,
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> OnlineEnsembleDistiller:
+        return cls(**deserialize_entries(config, ("network",)))
