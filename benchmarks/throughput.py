@@ -7,6 +7,7 @@ kept. The no-overhead floor of online distillation is
 `1 / (1/student_fit + 1/teacher_inference)`.
 
     python -m benchmarks.throughput            # writes docs/benchmarks.md
+    python -m benchmarks.throughput --ensemble # EKD: 1 vs 3 branches, online vs cached teachers
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmarks.report import write_section  # noqa: E402
-from keras_kd import Distiller, FeatureTerm, data, losses, models  # noqa: E402
+from keras_kd import Distiller, EnsembleDistiller, FeatureTerm, Supervised, data, losses, models  # noqa: E402
 
 CE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 # Keras' jit_compile="auto" turns XLA on for these models even on CPU, where
@@ -117,6 +118,72 @@ def configurations(teacher, input_shape):
     }
 
 
+ENSEMBLE_TEACHERS = ("resnet20", "wrn_16_1", "cnn")
+
+
+def ensemble_configurations(ds, input_shape, cache_dir):
+    """name -> (factory, kind, dataset): EKD online/cached vs plain multi-branch training."""
+    teachers = [models.get(name, input_shape, 10) for name in ENSEMBLE_TEACHERS]
+    images = tf.concat([x for x, _ in ds], axis=0).numpy()
+    labels = tf.concat([y for _, y in ds], axis=0).numpy()
+    batch = next(iter(ds))[0].shape[0]
+    probe = EnsembleDistiller(models.multibranch("resnet8", 3, input_shape, 10), teachers)
+    cache = probe.build_cache(images, lambda b: b, cache_dir, verbose=0)  # images are already scaled
+    cached = tf.data.Dataset.from_tensor_slices(({"image": images, **cache.arrays}, labels))
+    cached = cached.batch(batch, drop_remainder=True).cache().prefetch(tf.data.AUTOTUNE)
+
+    def plain(branches):
+        def build():
+            model = Supervised(models.multibranch("resnet8", branches, input_shape, 10))
+            model.compile(optimizer="sgd", jit_compile=JIT)
+            return model
+        return build
+
+    def ekd(count):
+        def build():
+            model = EnsembleDistiller(models.multibranch("resnet8", count, input_shape, 10), teachers[:count])
+            model.compile(optimizer="sgd", jit_compile=JIT)
+            return model
+        return build
+
+    configs = {
+        "plain 1-branch student fit (resnet8 + ensemble layer)": (plain(1), "fit", ds),
+        "plain 3-branch student fit": (plain(3), "fit", ds),
+        **{f"teacher inference ({name})": ((lambda t=t: t), "predict", ds) for name, t in zip(ENSEMBLE_TEACHERS, teachers, strict=True)},
+        "EKD 1 branch, 1 online teacher (resnet20)": (ekd(1), "fit", ds),
+        "EKD 3 branches, 3 online teachers": (ekd(3), "fit", ds),
+        "EKD 3 branches, 3 cached teachers": (ekd(3), "fit", cached),
+    }
+    return configs
+
+
+def ensemble_main(args, ds, source, images) -> None:
+    import tempfile
+
+    configs = ensemble_configurations(ds, (28, 28, 1), tempfile.mkdtemp(prefix="kd_cache_"))
+    best = {name: 0.0 for name in configs}
+    for round_index in range(args.rounds):
+        for name, (factory, kind, data_ds) in configs.items():
+            measure = timed_fit if kind == "fit" else timed_predict
+            best[name] = max(best[name], measure(factory(), data_ds, images, args.epochs))
+            print(f"round {round_index + 1} {name}: {best[name]:.0f} img/s", flush=True)
+    plain3 = best["plain 3-branch student fit"]
+    teacher_time = sum(1.0 / best[f"teacher inference ({n})"] for n in ENSEMBLE_TEACHERS)
+    floor = 1.0 / (1.0 / plain3 + teacher_time)
+    rows = ["| configuration | img/s | x plain 3-branch fit |", "| --- | ---: | ---: |"]
+    rows += [f"| {name} | {value:.0f} | {value / plain3:.2f} |" for name, value in best.items()]
+    rows.append(f"| *online floor 1/(1/plain 3-branch + sum 1/teacher)* | {floor:.0f} | {floor / plain3:.2f} |")
+    text = (
+        f"Measured with `python -m benchmarks.throughput --ensemble --images {args.images} --epochs {args.epochs} "
+        f"--rounds {args.rounds}` on {os.cpu_count()} CPU cores, XLA {'on' if JIT else 'off'}; {source} 28x28x1, "
+        f"{images} images, batch {args.batch_size}, best of the rounds. Student: ResNet8 branches with a shared "
+        "stem; teachers ResNet20, WRN-16-1, CNN (EKD terms: CE, KD and embedding mimicry per branch + ensemble "
+        "CE). With the cache the teachers never run during training.\n\n" + "\n".join(rows)
+    )
+    write_section(args.output, "throughput-ensemble", "Training throughput: EKD, online vs cached teachers", text)
+    print(text)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2560)
@@ -124,10 +191,14 @@ def main(argv=None) -> None:
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs per measurement")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--output", default="docs/benchmarks.md")
+    parser.add_argument("--ensemble", action="store_true", help="the EKD table instead of the KD one.")
     args = parser.parse_args(argv)
     keras.utils.set_random_seed(0)
     ds, source = dataset(args.images, args.batch_size)
     images = (args.images // args.batch_size) * args.batch_size
+    if args.ensemble:
+        ensemble_main(args, ds, source, images)
+        return
     teacher = models.get("resnet20", (28, 28, 1), 10)
     configs = configurations(teacher, (28, 28, 1))
     best = {name: 0.0 for name in configs}

@@ -32,10 +32,12 @@ class DataConfig:
 
 @dataclasses.dataclass
 class ModelConfig:
-    """A zoo architecture (`arch`) or a saved model (`path`: .keras file or run dir)."""
+    """A zoo architecture (`arch`, stage widths scaled by `width_ratio`) or a saved
+    model (`path`: .keras file or run dir)."""
 
     arch: str | None = None
     path: str | None = None
+    width_ratio: float = 1.0
 
 
 @dataclasses.dataclass
@@ -292,6 +294,9 @@ def validate(config: RunConfig) -> RunConfig:
                 f"`distill.ekd.temperatures` has {len(config.distill.ekd.temperatures)} values for "
                 f"{len(config.teachers)} `teachers`."
             )
+    for section in (config.teacher, config.student):
+        if not 0 < section.width_ratio <= 1:
+            raise ConfigError(f"`width_ratio` must be in (0, 1], got {section.width_ratio}.")
     if config.online.num_students < 2:
         raise ConfigError(f"`online.num_students` must be >= 2, got {config.online.num_students}.")
     if not config.run_name or "/" in config.run_name:

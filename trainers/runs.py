@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import keras
@@ -206,7 +207,8 @@ def build_model(section, config: RunConfig, role: str) -> keras.Model:
     elif not section.arch:
         raise RunError(f"`{role}` needs `arch` (a zoo name) or `path` (a saved model).")
     else:
-        model = models.get(section.arch, meta.input_shape, meta.num_classes)
+        ratio = Fraction(section.width_ratio).limit_denominator(1000)
+        model = models.get(section.arch, meta.input_shape, meta.num_classes, width_ratio=ratio)
     if config.train.sync_batchnorm and role != "teacher":
         model = models.synchronize_batchnorm(model)
     return model

@@ -1,0 +1,222 @@
+"""Writes docs/results.md and its figures from the results suite's run folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.report import write_section
+
+FIGURES = Path("docs/figures")
+
+
+def stats(values) -> tuple[float, float, int]:
+    values = 100 * np.asarray(values, np.float64)
+    return (float(values.mean()), float(values.std()), len(values)) if len(values) else (np.nan, np.nan, 0)
+
+
+def fmt(values) -> str:
+    mean, std, n = stats(values)
+    if n == 0:
+        return "pending"
+    return f"{mean:.2f}" if n == 1 else f"{mean:.2f} ± {std:.2f}"
+
+
+def accuracies(results: list[dict], key: str = "test_accuracy") -> list[float]:
+    return [r[key] for r in results if key in r]
+
+
+def reference_teachers() -> dict[str, dict]:
+    from benchmarks.run import TEACHERS
+
+    found = {}
+    for arch, folder in TEACHERS.items():
+        path = Path(folder) / "results.json"
+        if path.is_file():
+            found[arch] = json.loads(path.read_text())
+    return found
+
+
+def main_table(table: dict, cells: list) -> str:
+    rows = [
+        "| group | method | test acc. 10% (%) | test acc. full (%) | params | MACs | train s / run |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for arch, result in reference_teachers().items():
+        rows.append(
+            f"| teacher | {arch} (reference, 1 run, 20 epochs) | {100 * result['test_accuracy']:.2f} | pending "
+            f"| {result['params']:,} | {result['macs']:,} | {result['train_time_s']:.0f} |"
+        )
+    for cell in cells:
+        if cell.regime != "10%":
+            continue
+        results = table[(cell.group, cell.key)]
+        full = table.get((f"{cell.group}_full", cell.key), [])
+        first = (results or full or [{}])[0]
+        seconds = np.mean([r["train_time_s"] for r in results]) if results else np.nan
+        rows.append(
+            f"| {cell.group} | {cell.label} | {fmt(accuracies(results))} | {fmt(accuracies(full)) if full else '—'} "
+            f"| {first.get('params', 0):,} | {first.get('macs', 0):,} | {seconds:.0f} |"
+        )
+    return "\n".join(rows)
+
+
+def online_rows(results: list[dict]) -> dict[str, list[float]]:
+    """Per deliverable (student1.., ensemble): test accuracies over seeds."""
+    by_name: dict[str, list[float]] = {}
+    for result in results:
+        for row in result.get("students", []):
+            by_name.setdefault(row["name"], []).append(row["test_accuracy"])
+    return by_name
+
+
+def online_table(table: dict, group: str, alone_keys: dict[str, str], regime: str) -> tuple[str, dict]:
+    online = table.get((group, "oemc"), [])
+    inside = online_rows(online)
+    sizes = {row["name"]: row for row in (online[0]["students"] if online else [])}
+    rows = [
+        f"| {regime} data | params | MACs | alone (%) | in the online ensemble (%) | relative gain |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    gains = {}
+    for name, values in inside.items():
+        alone = table.get(alone_keys.get(name, ("", "")), [])
+        gain = "—"
+        if alone and values:
+            a, b = stats(accuracies(alone))[0], stats(values)[0]
+            gains[name] = 100 * (b - a) / a
+            gain = f"{gains[name]:+.2f}%"
+        size = sizes.get(name, {})
+        rows.append(
+            f"| {name} | {size.get('params', 0):,} | {size.get('macs', 0):,} | "
+            f"{fmt(accuracies(alone)) if alone else '—'} | {fmt(values)} | {gain} |"
+        )
+    return "\n".join(rows), gains
+
+
+def accuracy_vs_params_plot(table: dict, cells: list, path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    figure, axis = plt.subplots(figsize=(7.5, 4.8))
+    for arch, result in reference_teachers().items():
+        axis.scatter(result["params"], 100 * result["test_accuracy"], marker="s", color="black")
+        axis.annotate(f"teacher {arch}", (result["params"], 100 * result["test_accuracy"]), fontsize=7,
+                      xytext=(4, 2), textcoords="offset points")
+    for cell in cells:
+        if cell.regime != "10%" or cell.key == "sftn_teacher":
+            continue
+        results = table[(cell.group, cell.key)]
+        if not results:
+            continue
+        if cell.key == "oemc":
+            sizes = {row["name"]: row["params"] for row in results[0]["students"]}
+            for name, values in online_rows(results).items():
+                mean, std, _ = stats(values)
+                axis.errorbar(sizes[name], mean, yerr=std, fmt="^", color="tab:red", ms=5)
+                axis.annotate(f"OEMC {name}", (sizes[name], mean), fontsize=6, xytext=(4, -8),
+                              textcoords="offset points")
+            continue
+        mean, std, _ = stats(accuracies(results))
+        color = {"features": "tab:blue", "ekd": "tab:green", "sftn": "tab:purple", "online": "tab:orange"}
+        axis.errorbar(results[0]["params"], mean, yerr=std, fmt="o", color=color.get(cell.group, "gray"), ms=5)
+        axis.annotate(cell.key, (results[0]["params"], mean), fontsize=6, xytext=(4, 2), textcoords="offset points")
+    axis.set_xscale("log")
+    axis.set_xlabel("parameters (deployed model)")
+    axis.set_ylabel("test accuracy (%), last epoch, mean ± std")
+    axis.set_title("Fashion-MNIST, 10% training subset (quick suite)")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def embedding_figure(table: dict, path: Path) -> Path | None:
+    """t-SNE of test-set embeddings: ResNet8 alone, the EKD student, its ResNet20 teacher."""
+    import keras
+
+    from benchmarks.run import TEACHERS
+    from keras_kd import data
+    from keras_kd.projector import collect_embeddings, plot_embeddings
+
+    ekd = table.get(("ekd", "ekd"), [])
+    baseline = table.get(("features", "baseline"), [])
+    if not ekd or not baseline:
+        return None
+    test = data.load("fashion_mnist", "test", 500)
+    student = keras.models.load_model(Path(ekd[0]["run_dir"]) / "student.keras")
+    branches = [layer.name for layer in student.layers if layer.name.endswith("_embedding")]
+    panels = {
+        "ResNet8 alone (CE)": collect_embeddings(
+            keras.models.load_model(Path(baseline[0]["run_dir"]) / "model.keras"), test, max_images=1500
+        ),
+        "EKD 3-branch ResNet8 (branches concatenated)": collect_embeddings(student, test, branches, max_images=1500),
+        "teacher ResNet20": collect_embeddings(
+            keras.models.load_model(Path(TEACHERS["resnet20"]) / "model.keras"), test, max_images=1500
+        ),
+    }
+    names = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot"]
+    return plot_embeddings(panels, path, method="tsne", class_names=names)
+
+
+def write(suite: str, table: dict, cells: list, docs: str) -> None:
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    plot = accuracy_vs_params_plot(table, cells, FIGURES / f"accuracy_vs_params_{suite}.png")
+    embeddings = embedding_figure(table, FIGURES / "ekd_embeddings.png")
+    body = [main_table(table, cells)]
+    if plot:
+        body.append(f"\n![accuracy vs parameters](figures/{plot.name})")
+    write_section(docs, f"{suite}-table", f"All methods ({suite} suite)", "\n".join(body))
+
+    get = lambda group, key: accuracies(table.get((group, key), []))  # noqa: E731
+    teachers = reference_teachers()
+    ekd = table.get(("ekd", "ekd"), [])
+    if ekd:
+        branch_rows = "\n".join(
+            f"| EKD branch {i} alone (inside the trained student) | {fmt(accuracies(ekd, f'test_branch{i}_accuracy'))} |"
+            for i in (1, 2, 3)
+        )
+        text = [
+            "| model | test acc. (%) |",
+            "| --- | ---: |",
+            *[f"| teacher {a} ({r['params']:,} params) | {100 * r['test_accuracy']:.2f} |" for a, r in teachers.items()],
+            f"| ResNet8 alone ({table[('features', 'baseline')][0]['params']:,} params) | {fmt(get('features', 'baseline'))} |",
+            f"| ResNet8 + KD from ResNet20 | {fmt(get('features', 'kd'))} |",
+            f"| 3-branch ResNet8, no teachers | {fmt(get('ekd', 'ekd_ce'))} |",
+            f"| EKD 3-branch ResNet8, ensemble ({ekd[0]['params']:,} params, {ekd[0]['macs']:,} MACs) | "
+            f"{fmt(get('ekd', 'ekd'))} |",
+            branch_rows,
+        ]
+        if embeddings:
+            text.append(f"\n![t-SNE of test embeddings](figures/{embeddings.name})")
+        write_section(docs, "ekd", "Ensemble Knowledge Distillation (Asif et al. 2020)", "\n".join(text))
+    sftn = table.get(("sftn", "sftn_teacher"), [])
+    if sftn:
+        reference = teachers.get("resnet20", {})
+        text = [
+            "| teacher | teacher acc. (%) | ResNet8 + KD (%) | ResNet8 + AT (%) |",
+            "| --- | ---: | ---: | ---: |",
+            f"| standard ResNet20 (reference, 20 epochs CE) | {100 * reference.get('test_accuracy', np.nan):.2f} "
+            f"| {fmt(get('features', 'kd'))} | {fmt(get('features', 'at'))} |",
+            f"| SFTN ResNet20 (reference + {sftn[0]['epochs']} SFTN epochs) | {fmt(accuracies(sftn))} "
+            f"| {fmt(get('sftn', 'sftn_kd'))} | {fmt(get('sftn', 'sftn_at'))} |",
+        ]
+        write_section(docs, "sftn", "Student-Friendly Teacher Networks (Park et al. 2021)", "\n".join(text))
+    sections = []
+    for group, regime in (("online", "10%"), ("online_full", "full")):
+        alone = {f"student{j}": (group, f"alone_w{6 - j}") for j in range(1, 6)}
+        if group == "online":
+            alone["student1"] = ("features", "baseline")  # the full-width student IS ResNet8
+        if table.get((group, "oemc")):
+            rows, _ = online_table(table, group, alone, regime)
+            sections.append(rows)
+    if sections:
+        write_section(docs, "oemc", "Online Ensemble Model Compression (Walawalkar et al. 2020)", "\n\n".join(sections))

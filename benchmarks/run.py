@@ -1,0 +1,201 @@
+"""The results suite: every method on Fashion-MNIST, one page of tables and figures.
+
+    python -m benchmarks.run --suite quick            # 2-core CPU: 10% subset, 5 epochs
+    python -m benchmarks.run --suite full             # GPU: full schedules, both data regimes
+    python -m benchmarks.run --suite quick --only ekd # one group; finished cells are reused
+
+Each cell is a CLI config (trainers/configs/*.yaml plus overrides) run for
+several seeds; its run folder (config.yaml, train.log, history.csv,
+results.json) lies under `saved_models/benchmarks/...`. A cell whose folder
+already holds results for the same resolved config is not run again.
+`docs/results.md` is rewritten from the results on disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import yaml  # noqa: E402
+
+from trainers import runs  # noqa: E402
+from trainers.config import dump, load_config  # noqa: E402
+from trainers.quickstart import CONFIGS  # noqa: E402
+
+REFERENCE = "saved_models/reference"
+TEACHERS = {
+    "resnet20": f"{REFERENCE}/teacher_resnet20_fmnist10",
+    "wrn_16_1": f"{REFERENCE}/teacher_wrn_16_1_fmnist10",
+    "cnn": f"{REFERENCE}/teacher_cnn_fmnist10",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    epochs: int
+    full_data_epochs: int
+    seeds: tuple[int, ...]
+    root: str
+    sftn_epochs: int
+    teacher_epochs: int | None  # None: use the committed reference teachers
+
+
+SUITES = {
+    "quick": Protocol(epochs=5, full_data_epochs=1, seeds=(0, 1, 2), root="saved_models/benchmarks",
+                      sftn_epochs=5, teacher_epochs=None),
+    "full": Protocol(epochs=240, full_data_epochs=240, seeds=(0, 1, 2), root="saved_models/benchmarks_full",
+                     sftn_epochs=60, teacher_epochs=240),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One row of a results table: a command (`kind`) on a config, over seeds."""
+
+    group: str
+    key: str
+    label: str
+    kind: str  # train-teacher | distill | train-online
+    config: str
+    overrides: tuple[str, ...] = ()
+    regime: str = "10%"
+    seeds: tuple[int, ...] | None = None  # None: the protocol's seeds
+
+
+def cells(suite: str) -> list[Cell]:
+    """Every cell of a suite, in running order (later cells may read earlier ones)."""
+    p = SUITES[suite]
+    base = ()
+    student = ("student.arch=resnet8", "teacher.path=null")
+    rows = [
+        Cell("features", "baseline", "ResNet8 alone (CE)", "train-teacher", "kd_fmnist.yaml", student),
+        Cell("features", "kd", "KD (ResNet20 teacher)", "distill", "kd_fmnist.yaml"),
+        Cell("features", "fitnet", "FitNet (stage2 hint)", "distill", "fitnet_fmnist.yaml"),
+        Cell("features", "at", "AT (stages 1-3)", "distill", "at_fmnist.yaml"),
+        Cell("features", "lp", "LP (embedding)", "distill", "lp_fmnist.yaml"),
+        Cell("features", "lpkd", "LP + KD", "distill", "lp_kd_fmnist.yaml"),
+        Cell("ekd", "ekd", "EKD: 3-branch ResNet8 <- ResNet20, WRN-16-1, CNN", "distill", "ekd_fmnist.yaml"),
+        Cell("ekd", "ekd_ce", "3-branch ResNet8, no teachers (alpha = beta = 0)", "distill", "ekd_fmnist.yaml",
+             ("distill.alpha=0.0", "distill.ekd.beta=0.0")),
+        Cell("sftn", "sftn_teacher", "SFTN ResNet20 (for ResNet8)", "train-teacher", "sftn_teacher_fmnist.yaml",
+             (f"train.epochs={p.sftn_epochs}",), seeds=(0,)),
+        Cell("sftn", "sftn_kd", "KD from the SFTN teacher", "distill", "kd_fmnist.yaml",
+             ("teacher.path={sftn_teacher}",)),
+        Cell("sftn", "sftn_at", "AT from the SFTN teacher", "distill", "at_fmnist.yaml",
+             ("teacher.path={sftn_teacher}",)),
+        Cell("online", "oemc", "OEMC: 5 ResNet8 students (widths 5/5..1/5)", "train-online", "online_fmnist.yaml"),
+    ]
+    rows += [
+        Cell("online", f"alone_w{j}", f"ResNet8 width {j}/5 alone (CE)", "train-teacher", "kd_fmnist.yaml",
+             (*student, f"student.width_ratio={j / 5}"))
+        for j in (4, 3, 2, 1)
+    ]
+    full = ("data.subset_fraction=null", f"train.epochs={p.full_data_epochs}")
+    rows.append(Cell("online_full", "oemc", "OEMC (full data)", "train-online", "online_fmnist.yaml", full,
+                     regime="full"))
+    rows += [
+        Cell("online_full", f"alone_w{j}", f"ResNet8 width {j}/5 alone (CE, full data)", "train-teacher",
+             "kd_fmnist.yaml", (*student, f"student.width_ratio={j / 5}", *full), regime="full")
+        for j in (5, 4, 3, 2, 1)
+    ]
+    return [dataclasses.replace(c, overrides=(*base, *c.overrides)) for c in rows]
+
+
+def cell_dir(suite: str, cell: Cell, seed: int) -> Path:
+    return Path(SUITES[suite].root) / cell.group / f"{cell.key}_seed{seed}"
+
+
+def resolve(suite: str, cell: Cell, seed: int):
+    p = SUITES[suite]
+    folder = cell_dir(suite, cell, seed)
+    sftn_teacher = cell_dir(suite, next(c for c in cells(suite) if c.key == "sftn_teacher"), 0)
+    overrides = [
+        f"output_dir={folder.parent}",
+        f"run_name={folder.name}",
+        f"seed={seed}",
+        f"train.epochs={p.epochs}",
+        f"train.validation_freq={p.epochs}",
+        *(o.format(sftn_teacher=sftn_teacher) for o in cell.overrides),
+    ]
+    return load_config(CONFIGS / cell.config, overrides)
+
+
+def finished(folder: Path, config) -> dict | None:
+    """The saved results of a run with this exact resolved config, else None."""
+    results, saved = folder / "results.json", folder / "config.yaml"
+    if not (results.is_file() and saved.is_file()):
+        return None
+    try:
+        previous = load_config(base=yaml.safe_load(saved.read_text()))
+    except Exception:  # an older schema: run again
+        return None
+    return json.loads(results.read_text()) if dump(previous) == dump(config) else None
+
+
+#: While this file exists no new cell starts (set by `--pause-file`).
+PAUSE_FILE = None
+
+RUNNERS = {"train-teacher": runs.train_teacher, "distill": runs.distill, "train-online": runs.train_online}
+
+
+def run_cell(suite: str, cell: Cell, seed: int) -> dict:
+    config = resolve(suite, cell, seed)
+    folder = cell_dir(suite, cell, seed)
+    done = finished(folder, config)
+    if done is not None:
+        return done
+    while PAUSE_FILE and Path(PAUSE_FILE).exists():  # lets a timing benchmark run on a quiet machine
+        time.sleep(5)
+    start = time.perf_counter()
+    result = RUNNERS[cell.kind](config, overwrite=True)
+    print(f"[{suite}] {cell.group}/{cell.key} seed {seed}: {100 * result['test_accuracy']:.2f}% "
+          f"in {time.perf_counter() - start:.0f} s", flush=True)
+    return result
+
+
+def collect(suite: str) -> dict:
+    """{(group, key): [results per seed]} of every finished cell on disk."""
+    table = {}
+    for cell in cells(suite):
+        seeds = cell.seeds or SUITES[suite].seeds
+        found = []
+        for seed in seeds:
+            path = cell_dir(suite, cell, seed) / "results.json"
+            if path.is_file():
+                found.append(json.loads(path.read_text()))
+        table[(cell.group, cell.key)] = found
+    return table
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", choices=sorted(SUITES), default="quick")
+    parser.add_argument("--only", nargs="+", help="groups to run (features, ekd, sftn, online, online_full).")
+    parser.add_argument("--report-only", action="store_true", help="rewrite docs/results.md from disk only.")
+    parser.add_argument("--docs", default="docs/results.md")
+    parser.add_argument("--pause-file", help="wait before each cell while this file exists.")
+    args = parser.parse_args(argv)
+    global PAUSE_FILE
+    PAUSE_FILE = args.pause_file
+    if args.suite == "full" and SUITES["full"].teacher_epochs:
+        print("full suite: teachers are the committed references unless retrained with "
+              "`keras-kd train-teacher --set train.epochs=...` (see docs/results.md)")
+    if not args.report_only:
+        for cell in cells(args.suite):
+            if args.only and cell.group not in args.only:
+                continue
+            for seed in cell.seeds or SUITES[args.suite].seeds:
+                run_cell(args.suite, cell, seed)
+    from benchmarks import results_page
+
+    results_page.write(args.suite, collect(args.suite), cells(args.suite), args.docs)
+
+
+if __name__ == "__main__":
+    main()
