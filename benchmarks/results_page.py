@@ -9,8 +9,6 @@ import numpy as np
 
 from benchmarks.report import write_section
 
-FIGURES = Path("docs/figures")
-
 
 def stats(values) -> tuple[float, float, int]:
     values = 100 * np.asarray(values, np.float64)
@@ -45,9 +43,11 @@ def main_table(table: dict, cells: list) -> str:
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for arch, result in reference_teachers().items():
+        full = accuracies(table.get(("teachers_full", f"teacher_{arch}"), []))
         rows.append(
-            f"| teacher | {arch} (reference, 1 run, 20 epochs) | {100 * result['test_accuracy']:.2f} | pending "
-            f"| {result['params']:,} | {result['macs']:,} | {result['train_time_s']:.0f} |"
+            f"| teacher | {arch} (reference, 1 run, 20 epochs) | {100 * result['test_accuracy']:.2f} "
+            f"| {fmt(full) if full else 'not run'} | {result['params']:,} | {result['macs']:,} "
+            f"| {result['train_time_s']:.0f} |"
         )
     for cell in cells:
         if cell.regime != "10%":
@@ -57,7 +57,7 @@ def main_table(table: dict, cells: list) -> str:
         first = (results or full or [{}])[0]
         seconds = np.mean([r["train_time_s"] for r in results]) if results else np.nan
         rows.append(
-            f"| {cell.group} | {cell.label} | {fmt(accuracies(results))} | {fmt(accuracies(full)) if full else '—'} "
+            f"| {cell.group} | {cell.label} | {fmt(accuracies(results))} | {fmt(accuracies(full)) if full else 'not run'} "
             f"| {first.get('params', 0):,} | {first.get('macs', 0):,} | {seconds:.0f} |"
         )
     return "\n".join(rows)
@@ -168,9 +168,10 @@ def embedding_figure(table: dict, path: Path) -> Path | None:
 
 
 def write(suite: str, table: dict, cells: list, docs: str) -> None:
-    FIGURES.mkdir(parents=True, exist_ok=True)
-    plot = accuracy_vs_params_plot(table, cells, FIGURES / f"accuracy_vs_params_{suite}.png")
-    embeddings = embedding_figure(table, FIGURES / "ekd_embeddings.png")
+    figures = Path(docs).parent / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    plot = accuracy_vs_params_plot(table, cells, figures / f"accuracy_vs_params_{suite}.png")
+    embeddings = embedding_figure(table, figures / "ekd_embeddings.png")
     body = [main_table(table, cells)]
     if plot:
         body.append(f"\n![accuracy vs parameters](figures/{plot.name})")
@@ -206,6 +207,8 @@ def write(suite: str, table: dict, cells: list, docs: str) -> None:
             "| --- | ---: | ---: | ---: |",
             f"| standard ResNet20 (reference, 20 epochs CE) | {100 * reference.get('test_accuracy', np.nan):.2f} "
             f"| {fmt(get('features', 'kd'))} | {fmt(get('features', 'at'))} |",
+            f"| control: reference + {sftn[0]['epochs']} CE epochs | {fmt(get('sftn', 'ce_teacher'))} "
+            f"| {fmt(get('sftn', 'ce_kd'))} | {fmt(get('sftn', 'ce_at'))} |",
             f"| SFTN ResNet20 (reference + {sftn[0]['epochs']} SFTN epochs) | {fmt(accuracies(sftn))} "
             f"| {fmt(get('sftn', 'sftn_kd'))} | {fmt(get('sftn', 'sftn_at'))} |",
         ]

@@ -38,19 +38,25 @@ TEACHERS = {
 
 @dataclasses.dataclass(frozen=True)
 class Protocol:
-    epochs: int
+    epochs: int  # 10% regime
     full_data_epochs: int
     seeds: tuple[int, ...]
     root: str
-    sftn_epochs: int
-    teacher_epochs: int | None  # None: use the committed reference teachers
+    sftn_epochs: int  # SFTN fine-tuning of the (reference) teacher
+    teacher_epochs: int  # teachers trained on the full data (full regime)
+    full_data_groups: tuple[str, ...]  # groups also run on the full training set
 
 
 SUITES = {
+    # 2-core CPU: the committed 20-epoch reference teachers, 5 student epochs;
+    # only the from-scratch online ensemble also runs on the full data (1 epoch).
     "quick": Protocol(epochs=5, full_data_epochs=1, seeds=(0, 1, 2), root="saved_models/benchmarks",
-                      sftn_epochs=5, teacher_epochs=None),
+                      sftn_epochs=5, teacher_epochs=20, full_data_groups=("online",)),
+    # GPU: CRD-style 240-epoch schedules, every row in both regimes, teachers
+    # of the full regime trained by the suite itself.
     "full": Protocol(epochs=240, full_data_epochs=240, seeds=(0, 1, 2), root="saved_models/benchmarks_full",
-                     sftn_epochs=60, teacher_epochs=240),
+                     sftn_epochs=60, teacher_epochs=240,
+                     full_data_groups=("features", "ekd", "sftn", "online")),
 }
 
 
@@ -68,10 +74,8 @@ class Cell:
     seeds: tuple[int, ...] | None = None  # None: the protocol's seeds
 
 
-def cells(suite: str) -> list[Cell]:
-    """Every cell of a suite, in running order (later cells may read earlier ones)."""
-    p = SUITES[suite]
-    base = ()
+def base_cells(p: Protocol) -> list[Cell]:
+    """The rows of the 10% regime, in running order (later cells may read earlier ones)."""
     student = ("student.arch=resnet8", "teacher.path=null")
     rows = [
         Cell("features", "baseline", "ResNet8 alone (CE)", "train-teacher", "kd_fmnist.yaml", student),
@@ -89,6 +93,12 @@ def cells(suite: str) -> list[Cell]:
              ("teacher.path={sftn_teacher}",)),
         Cell("sftn", "sftn_at", "AT from the SFTN teacher", "distill", "at_fmnist.yaml",
              ("teacher.path={sftn_teacher}",)),
+        Cell("sftn", "ce_teacher", "ResNet20 + the same epochs of plain CE (control)", "train-teacher",
+             "sftn_teacher_fmnist.yaml", (f"train.epochs={p.sftn_epochs}", "teacher_method=ce"), seeds=(0,)),
+        Cell("sftn", "ce_kd", "KD from the CE-fine-tuned control teacher", "distill", "kd_fmnist.yaml",
+             ("teacher.path={ce_teacher}",)),
+        Cell("sftn", "ce_at", "AT from the CE-fine-tuned control teacher", "distill", "at_fmnist.yaml",
+             ("teacher.path={ce_teacher}",)),
         Cell("online", "oemc", "OEMC: 5 ResNet8 students (widths 5/5..1/5)", "train-online", "online_fmnist.yaml"),
     ]
     rows += [
@@ -96,15 +106,34 @@ def cells(suite: str) -> list[Cell]:
              (*student, f"student.width_ratio={j / 5}"))
         for j in (4, 3, 2, 1)
     ]
-    full = ("data.subset_fraction=null", f"train.epochs={p.full_data_epochs}")
-    rows.append(Cell("online_full", "oemc", "OEMC (full data)", "train-online", "online_fmnist.yaml", full,
-                     regime="full"))
-    rows += [
-        Cell("online_full", f"alone_w{j}", f"ResNet8 width {j}/5 alone (CE, full data)", "train-teacher",
-             "kd_fmnist.yaml", (*student, f"student.width_ratio={j / 5}", *full), regime="full")
-        for j in (5, 4, 3, 2, 1)
-    ]
-    return [dataclasses.replace(c, overrides=(*base, *c.overrides)) for c in rows]
+    return rows
+
+
+def cells(suite: str) -> list[Cell]:
+    """Every cell of a suite: the 10% rows, then their full-data twins
+    (group `<group>_full`; teachers of that regime first, trained by the suite)."""
+    p = SUITES[suite]
+    rows = base_cells(p)
+    twins = [c for c in rows if c.group in p.full_data_groups]
+    if "online" in p.full_data_groups:  # on the full data student 1 is not the features baseline
+        twins.append(Cell("online", "alone_w5", "ResNet8 width 5/5 alone (CE)", "train-teacher", "kd_fmnist.yaml",
+                          ("student.arch=resnet8", "teacher.path=null", "student.width_ratio=1.0")))
+    needs_teachers = any(c.kind == "distill" or c.key == "sftn_teacher" for c in twins)
+    full = ("data.subset_fraction=null",)
+    if needs_teachers:
+        rows += [
+            Cell("teachers_full", f"teacher_{arch}", f"teacher {arch} (full data)", "train-teacher",
+                 "teacher_fmnist.yaml", (f"teacher.arch={arch}", f"train.epochs={p.teacher_epochs}", *full),
+                 regime="full", seeds=(0,))
+            for arch in TEACHERS
+        ]
+    for cell in twins:
+        epochs = () if cell.kind == "train-teacher" and cell.key.endswith("_teacher") else (
+            f"train.epochs={p.full_data_epochs}",)
+        label = cell.label if "full" in cell.label else f"{cell.label} (full data)"
+        rows.append(dataclasses.replace(cell, group=f"{cell.group}_full", label=label, regime="full",
+                                        overrides=(*cell.overrides, *full, *epochs)))
+    return rows
 
 
 def cell_dir(suite: str, cell: Cell, seed: int) -> Path:
@@ -112,18 +141,32 @@ def cell_dir(suite: str, cell: Cell, seed: int) -> Path:
 
 
 def resolve(suite: str, cell: Cell, seed: int):
+    """The resolved run config of one cell and seed. In the full-data regime
+    the reference (10%) teachers are replaced by the suite's full-data ones."""
     p = SUITES[suite]
     folder = cell_dir(suite, cell, seed)
-    sftn_teacher = cell_dir(suite, next(c for c in cells(suite) if c.key == "sftn_teacher"), 0)
+    suffix = "_full" if cell.regime == "full" else ""
+    teachers = {
+        key: cell_dir(suite, Cell(f"sftn{suffix}", key, "", "", ""), 0) for key in ("sftn_teacher", "ce_teacher")
+    }
     overrides = [
         f"output_dir={folder.parent}",
         f"run_name={folder.name}",
         f"seed={seed}",
         f"train.epochs={p.epochs}",
         f"train.validation_freq={p.epochs}",
-        *(o.format(sftn_teacher=sftn_teacher) for o in cell.overrides),
+        *(o.format(**teachers) for o in cell.overrides),
     ]
-    return load_config(CONFIGS / cell.config, overrides)
+    config = load_config(CONFIGS / cell.config, overrides)
+    config.train.validation_freq = config.train.epochs
+    if cell.regime == "full":
+        replacements = {
+            path: str(cell_dir(suite, Cell("teachers_full", f"teacher_{arch}", "", "", ""), 0))
+            for arch, path in TEACHERS.items()
+        }
+        for section in [config.teacher, *config.teachers]:
+            section.path = replacements.get(section.path, section.path)
+    return config
 
 
 def finished(folder: Path, config) -> dict | None:
