@@ -4,7 +4,7 @@ from setuptools import find_packages, setup
 
 setup(
     name="keras-kd",
-    version="0.1.0",
+    version="0.2.0",
     description="Knowledge distillation for Keras 3: Hinton KD, feature distillation, "
     "ensemble, student-friendly teachers and online ensembles, inside model.fit.",
     long_description=open("README.md", encoding="utf-8").read(),

@@ -188,9 +188,16 @@ def write(suite: str, table: dict, cells: list, docs: str) -> None:
         text = [
             "| model | test acc. (%) |",
             "| --- | ---: |",
-            *[f"| teacher {a} ({r['params']:,} params) | {100 * r['test_accuracy']:.2f} |" for a, r in teachers.items()],
+            *[f"| teacher {a} (reference, 20 epochs, {r['params']:,} params) | {100 * r['test_accuracy']:.2f} |"
+              for a, r in teachers.items()],
             f"| ResNet8 alone ({table[('features', 'baseline')][0]['params']:,} params) | {fmt(get('features', 'baseline'))} |",
             f"| ResNet8 + KD from ResNet20 | {fmt(get('features', 'kd'))} |",
+            *[
+                f"| {name} alone, same 5-epoch schedule as the students ({table[('ekd', key)][0]['params']:,} params) "
+                f"| {fmt(get('ekd', key))} |"
+                for name, key in (("ResNet20", "resnet20_alone"), ("ResNet32", "resnet32_alone"))
+                if table.get(("ekd", key))
+            ],
             f"| 3-branch ResNet8, no teachers | {fmt(get('ekd', 'ekd_ce'))} |",
             f"| EKD 3-branch ResNet8, ensemble ({ekd[0]['params']:,} params, {ekd[0]['macs']:,} MACs) | "
             f"{fmt(get('ekd', 'ekd'))} |",

@@ -87,6 +87,11 @@ def base_cells(p: Protocol) -> list[Cell]:
         Cell("ekd", "ekd", "EKD: 3-branch ResNet8 <- ResNet20, WRN-16-1, CNN", "distill", "ekd_fmnist.yaml"),
         Cell("ekd", "ekd_ce", "3-branch ResNet8, no teachers (alpha = beta = 0)", "distill", "ekd_fmnist.yaml",
              ("distill.alpha=0.0", "distill.ekd.beta=0.0")),
+        # The paper's claim is against LARGER networks trained on the same data and schedule.
+        Cell("ekd", "resnet20_alone", "ResNet20 alone (CE), student schedule", "train-teacher", "kd_fmnist.yaml",
+             ("student.arch=resnet20", "teacher.path=null")),
+        Cell("ekd", "resnet32_alone", "ResNet32 alone (CE), student schedule", "train-teacher", "kd_fmnist.yaml",
+             ("student.arch=resnet32", "teacher.path=null")),
         Cell("sftn", "sftn_teacher", "SFTN ResNet20 (for ResNet8)", "train-teacher", "sftn_teacher_fmnist.yaml",
              (f"train.epochs={p.sftn_epochs}",), seeds=(0,)),
         Cell("sftn", "sftn_kd", "KD from the SFTN teacher", "distill", "kd_fmnist.yaml",

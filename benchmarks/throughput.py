@@ -161,12 +161,7 @@ def ensemble_main(args, ds, source, images) -> None:
     import tempfile
 
     configs = ensemble_configurations(ds, (28, 28, 1), tempfile.mkdtemp(prefix="kd_cache_"))
-    best = {name: 0.0 for name in configs}
-    for round_index in range(args.rounds):
-        for name, (factory, kind, data_ds) in configs.items():
-            measure = timed_fit if kind == "fit" else timed_predict
-            best[name] = max(best[name], measure(factory(), data_ds, images, args.epochs))
-            print(f"round {round_index + 1} {name}: {best[name]:.0f} img/s", flush=True)
+    best = best_of_rounds(configs, images, args)
     plain3 = best["plain 3-branch student fit"]
     teacher_time = sum(1.0 / best[f"teacher inference ({n})"] for n in ENSEMBLE_TEACHERS)
     floor = 1.0 / (1.0 / plain3 + teacher_time)
@@ -189,7 +184,7 @@ def main(argv=None) -> None:
     parser.add_argument("--images", type=int, default=2560)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs per measurement")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--output", default="docs/benchmarks.md")
     parser.add_argument("--tables", nargs="+", choices=["kd", "ensemble"], default=["kd", "ensemble"])
     args = parser.parse_args(argv)
@@ -204,14 +199,8 @@ def main(argv=None) -> None:
 
 def kd_main(args, ds, source, images) -> None:
     teacher = models.get("resnet20", (28, 28, 1), 10)
-    configs = configurations(teacher, (28, 28, 1))
-    best = {name: 0.0 for name in configs}
-    for round_index in range(args.rounds):
-        for name, (factory, kind) in configs.items():
-            model = factory()
-            measure = timed_fit if kind == "fit" else timed_predict
-            best[name] = max(best[name], measure(model, ds, images, args.epochs))
-            print(f"round {round_index + 1} {name}: {best[name]:.0f} img/s", flush=True)
+    configs = {name: (factory, kind, ds) for name, (factory, kind) in configurations(teacher, (28, 28, 1)).items()}
+    best = best_of_rounds(configs, images, args)
     floor = 1.0 / (1.0 / best["plain student fit (resnet8)"] + 1.0 / best["teacher inference (resnet20)"])
     rows = ["| configuration | img/s | x floor |", "| --- | ---: | ---: |"]
     for name, value in best.items():
@@ -232,6 +221,18 @@ def kd_main(args, ds, source, images) -> None:
 
 def kind_of(configs, name):
     return configs[name][1]
+
+
+def best_of_rounds(configs: dict, images: int, args) -> dict[str, float]:
+    """Best img/s of each `name -> (factory, "fit"|"predict", dataset)` over
+    `args.rounds` interleaved rounds (a fresh model per measurement)."""
+    best = {name: 0.0 for name in configs}
+    for round_index in range(args.rounds):
+        for name, (factory, kind, data_ds) in configs.items():
+            measure = timed_fit if kind == "fit" else timed_predict
+            best[name] = max(best[name], measure(factory(), data_ds, images, args.epochs))
+            print(f"round {round_index + 1} {name}: {best[name]:.0f} img/s", flush=True)
+    return best
 
 
 if __name__ == "__main__":

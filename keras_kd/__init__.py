@@ -1,8 +1,11 @@
 """keras-kd: knowledge distillation for Keras 3, inside `model.fit`.
 
-Public API: `Distiller` (Hinton KD + feature terms), `FeatureTerm`, `EnsembleDistiller` (EKD),
-`SFTNTrainer` (student-friendly teachers), `OnlineEnsembleDistiller` (OEMC), `keras_kd.losses`, `keras_kd.models`
-(zoo with feature taps, params/FLOPs), `keras_kd.data` (datasets).
+Public API: `Distiller` (Hinton KD + feature terms, `FeatureTerm`),
+`EnsembleDistiller` (EKD), `SFTNTrainer` (student-friendly teachers),
+`OnlineEnsembleDistiller` (OEMC), `Supervised` (plain training),
+`keras_kd.losses`, `keras_kd.models` (zoo with feature taps, multi-branch
+and online-ensemble builders, params/FLOPs), `keras_kd.data` (datasets,
+teacher-output cache).
 """
 
 from keras_kd import data, losses, models
@@ -12,11 +15,25 @@ from keras_kd.distillers import (
     EnsembleDistiller,
     FeatureTerm,
     LossTerm,
+    OnlineEnsembleDistiller,
     SFTNTrainer,
     Supervised,
 )
 from keras_kd.taps import tap_model
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-__all__ = ["BaseDistiller", "Distiller", "EnsembleDistiller", "FeatureTerm", "LossTerm", "OnlineEnsembleDistiller", "SFTNTrainer", "Supervised", "data", "losses", "models", "tap_model"]
+__all__ = [
+    "BaseDistiller",
+    "Distiller",
+    "EnsembleDistiller",
+    "FeatureTerm",
+    "LossTerm",
+    "OnlineEnsembleDistiller",
+    "SFTNTrainer",
+    "Supervised",
+    "data",
+    "losses",
+    "models",
+    "tap_model",
+]

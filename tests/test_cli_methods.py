@@ -4,6 +4,7 @@ import json
 
 import keras
 import numpy as np
+import pytest
 from test_cli import TINY_ARGS, run_cli
 
 from keras_kd import EnsembleDistiller, models
@@ -41,12 +42,14 @@ def test_cli_ekd_with_cache_saves_branches_and_ensemble(tmp_path, capsys):
     branches = [keras.models.load_model(run / f"branch{i}.keras") for i in (1, 2)]
     np.testing.assert_allclose(student(x), np.mean([b(x) for b in branches], axis=0), atol=1e-5)
     assert isinstance(keras.models.load_model(run / "distiller.keras"), EnsembleDistiller)
-    assert (run / "tensorboard" / "projector" / "projector_config.pbtxt").is_file()
+    for folder in ("projector", "projector_teacher1", "projector_teacher2"):
+        assert (run / "tensorboard" / folder / "projector_config.pbtxt").is_file(), folder
     history = (run / "history.csv").read_text().splitlines()[0]
     for name in ("branch1_kd_loss", "branch2_embedding_loss", "ensemble_ce_loss", "branch2_accuracy"):
         assert name in history
     code, out, err = run_cli(["export", str(run), "--dataset", "synthetic", "--max-images", "50"], capsys)
-    assert code == 0, err and json.loads(out)["top1_agreement"] == 1.0
+    assert code == 0, err
+    assert json.loads(out)["top1_agreement"] == 1.0  # the ensemble as ONE TFLite file
 
     code, _, err = run_cli(
         ["distill", "--output-dir", str(tmp_path), "--run-name", "bad", "--set", "distill.method=ekd",
@@ -100,3 +103,6 @@ def test_cli_online_ensemble_writes_every_student_and_the_table(tmp_path, capsys
     assert rows["ensemble"]["test_accuracy"] == result["test_accuracy"]
     assert rows["student2"]["test_accuracy"] == result["test_student2_accuracy"]
     assert "| student3 |" in (run / "students.md").read_text()
+    code, out, err = run_cli(["evaluate", str(run), "--dataset", "synthetic"], capsys)  # the ensemble
+    assert code == 0, err
+    assert json.loads(out)["test_accuracy"] == pytest.approx(result["test_accuracy"], abs=1e-6)

@@ -38,3 +38,22 @@ def test_distiller_trains_under_mixed_precision(mixed_policy, restore_policy):
     # Losses are computed in float32 from the low-precision logits.
     np.testing.assert_allclose(logs["student_loss"], np_cross_entropy(y, s), rtol=1e-3)
     np.testing.assert_allclose(logs["distillation_loss"], np_soft_target(t, s, 2.0), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["ekd", "sftn", "online"])
+def test_ensemble_methods_train_under_mixed_float16(method, restore_policy):
+    from keras_kd import EnsembleDistiller, OnlineEnsembleDistiller, SFTNTrainer
+
+    teachers = [models.get(name, (16, 16, 1), 10) for name in ("resnet8", "cnn")]  # float32
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    if method == "ekd":
+        trainer = EnsembleDistiller(models.multibranch("resnet8", 2, (16, 16, 1), 10), teachers)
+    elif method == "sftn":
+        trainer = SFTNTrainer(models.get("resnet8", (16, 16, 1), 10), models.get("cnn", (16, 16, 1), 10))
+    else:
+        trainer = OnlineEnsembleDistiller("resnet8", input_shape=(16, 16, 1), num_classes=10, num_students=3)
+    trainer.compile(optimizer="sgd")
+    assert isinstance(trainer.optimizer, keras.optimizers.LossScaleOptimizer)
+    x = np.random.default_rng(0).normal(size=(16, 16, 16, 1)).astype("float32")
+    history = trainer.fit(x, np.arange(16) % 10, batch_size=8, epochs=1, verbose=0).history
+    assert all(np.isfinite(v).all() for v in history.values())

@@ -180,16 +180,20 @@ def steps_in(dataset, config: RunConfig) -> int:
     return int(dataset.cardinality())
 
 
+#: The deployable model of a run folder, by kind of run (teacher, distillation, online ensemble).
+RUN_MODELS = ("model.keras", "student.keras", "ensemble.keras")
+
+
 def load_model_ref(ref: str) -> keras.Model:
     """A saved model from a `.keras` file or a run folder."""
     path = Path(ref)
     if path.is_dir():
-        for name in ("model.keras", "student.keras"):
+        for name in RUN_MODELS:
             if (path / name).is_file():
                 path = path / name
                 break
         else:
-            raise RunError(f"Run folder {ref} holds no model.keras or student.keras.")
+            raise RunError(f"Run folder {ref} holds none of {', '.join(RUN_MODELS)}.")
     if not path.is_file():
         raise RunError(f"Model file {ref} does not exist.")
     try:
@@ -232,8 +236,11 @@ class RunSummaries(keras.callbacks.Callback):
             tf.summary.text("hparams", "| hparam | value |\n|---|---|\n" + rows, step=0)
 
 
-def write_run_projector(run_dir: Path, model: keras.Model, test, taps=("embedding",)) -> None:
-    """Test-set embeddings (the `taps` layers, concatenated) for the projector (zoo models)."""
+def write_run_projector(
+    run_dir: Path, model: keras.Model, test, taps=("embedding",), folder: str = "projector"
+) -> None:
+    """Test-set embeddings (the `taps` layers, concatenated) for the projector (zoo models),
+    under `<run>/tensorboard/<folder>`."""
     from keras_kd.projector import collect_embeddings, write_projector
 
     names = [layer.name for layer in getattr(model, "layers", [])]
@@ -241,7 +248,7 @@ def write_run_projector(run_dir: Path, model: keras.Model, test, taps=("embeddin
         LOG.info("no %s layer: projector embeddings skipped", "/".join(taps))
         return
     embeddings, labels = collect_embeddings(model, test, list(taps))
-    write_projector(run_dir / "tensorboard" / "projector", embeddings, labels)
+    write_projector(run_dir / "tensorboard" / folder, embeddings, labels)
 
 
 def callbacks(run_dir: Path, model_file: str, config: RunConfig) -> list:
@@ -390,7 +397,10 @@ def _distill(config: RunConfig, overwrite: bool, resume: bool) -> dict:
         if isinstance(distiller, keras_kd.EnsembleDistiller):
             for index in range(1, distiller.num_teachers + 1):
                 atomic_save(models.extract_branch(student, index), run_dir / f"branch{index}.keras")
-            write_run_projector(run_dir, student, test, [f"branch{i}_embedding" for i in range(1, distiller.num_teachers + 1)])
+            branches = [f"branch{i}_embedding" for i in range(1, distiller.num_teachers + 1)]
+            write_run_projector(run_dir, student, test, branches)
+            for index, teacher in enumerate(distiller.teachers, start=1):  # the paper's t-SNE compares them
+                write_run_projector(run_dir, teacher, test, folder=f"projector_teacher{index}")
             extra["teachers"] = [section.path for section in config.teachers]
         else:
             write_run_projector(run_dir, student, test)

@@ -8,4 +8,13 @@ from keras_kd.distillers.online import OnlineEnsembleDistiller
 from keras_kd.distillers.sftn import SFTNTrainer
 from keras_kd.distillers.supervised import Supervised
 
-__all__ = ["BaseDistiller", "Distiller", "EnsembleDistiller", "FeatureTerm", "LossTerm", "OnlineEnsembleDistiller", "SFTNTrainer", "Supervised"]
+__all__ = [
+    "BaseDistiller",
+    "Distiller",
+    "EnsembleDistiller",
+    "FeatureTerm",
+    "LossTerm",
+    "OnlineEnsembleDistiller",
+    "SFTNTrainer",
+    "Supervised",
+]
