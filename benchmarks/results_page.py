@@ -214,6 +214,8 @@ def write(suite: str, table: dict, cells: list, docs: str) -> None:
             "| --- | ---: | ---: | ---: |",
             f"| standard ResNet20 (reference, 20 epochs CE) | {100 * reference.get('test_accuracy', np.nan):.2f} "
             f"| {fmt(get('features', 'kd'))} | {fmt(get('features', 'at'))} |",
+            f"| SFTN ResNet20 from scratch (same 20-epoch schedule as the reference) "
+            f"| {fmt(get('sftn', 'scratch_teacher'))} | {fmt(get('sftn', 'scratch_kd'))} | {fmt(get('sftn', 'scratch_at'))} |",
             f"| control: reference + {sftn[0]['epochs']} CE epochs | {fmt(get('sftn', 'ce_teacher'))} "
             f"| {fmt(get('sftn', 'ce_kd'))} | {fmt(get('sftn', 'ce_at'))} |",
             f"| SFTN ResNet20 (reference + {sftn[0]['epochs']} SFTN epochs) | {fmt(accuracies(sftn))} "

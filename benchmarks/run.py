@@ -92,6 +92,16 @@ def base_cells(p: Protocol) -> list[Cell]:
              ("student.arch=resnet20", "teacher.path=null")),
         Cell("ekd", "resnet32_alone", "ResNet32 alone (CE), student schedule", "train-teacher", "kd_fmnist.yaml",
              ("student.arch=resnet32", "teacher.path=null")),
+        # SFTN from scratch on the reference teacher's schedule: the reference is its control.
+        Cell("sftn", "scratch_teacher", "SFTN ResNet20 from scratch (for ResNet8)", "train-teacher",
+             "sftn_teacher_fmnist.yaml",
+             ("teacher.path=null", "teacher.arch=resnet20", f"train.epochs={p.teacher_epochs}",
+              "train.learning_rate=0.05"), seeds=(0,)),
+        Cell("sftn", "scratch_kd", "KD from the from-scratch SFTN teacher", "distill", "kd_fmnist.yaml",
+             ("teacher.path={scratch_teacher}",)),
+        Cell("sftn", "scratch_at", "AT from the from-scratch SFTN teacher", "distill", "at_fmnist.yaml",
+             ("teacher.path={scratch_teacher}",)),
+        # Fine-tuning mode: the reference + a quarter of its schedule, against the same epochs of CE.
         Cell("sftn", "sftn_teacher", "SFTN ResNet20 (for ResNet8)", "train-teacher", "sftn_teacher_fmnist.yaml",
              (f"train.epochs={p.sftn_epochs}",), seeds=(0,)),
         Cell("sftn", "sftn_kd", "KD from the SFTN teacher", "distill", "kd_fmnist.yaml",
@@ -123,7 +133,7 @@ def cells(suite: str) -> list[Cell]:
     if "online" in p.full_data_groups:  # on the full data student 1 is not the features baseline
         twins.append(Cell("online", "alone_w5", "ResNet8 width 5/5 alone (CE)", "train-teacher", "kd_fmnist.yaml",
                           ("student.arch=resnet8", "teacher.path=null", "student.width_ratio=1.0")))
-    needs_teachers = any(c.kind == "distill" or c.key == "sftn_teacher" for c in twins)
+    needs_teachers = any(c.kind == "distill" or c.key in ("sftn_teacher", "ce_teacher") for c in twins)
     full = ("data.subset_fraction=null",)
     if needs_teachers:
         rows += [
@@ -152,7 +162,8 @@ def resolve(suite: str, cell: Cell, seed: int):
     folder = cell_dir(suite, cell, seed)
     suffix = "_full" if cell.regime == "full" else ""
     teachers = {
-        key: cell_dir(suite, Cell(f"sftn{suffix}", key, "", "", ""), 0) for key in ("sftn_teacher", "ce_teacher")
+        key: cell_dir(suite, Cell(f"sftn{suffix}", key, "", "", ""), 0)
+        for key in ("sftn_teacher", "ce_teacher", "scratch_teacher")
     }
     overrides = [
         f"output_dir={folder.parent}",
