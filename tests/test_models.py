@@ -127,3 +127,22 @@ def test_tap_errors():
 
     with pytest.raises(ValueError, match="cannot be tapped"):
         tap_model(Sub(), ["stage1"])
+
+
+def test_synchronize_batchnorm_reaches_nested_branches():
+    def batchnorms(model):
+        found = []
+        for layer in model.layers:
+            if isinstance(layer, keras.Model):
+                found += batchnorms(layer)
+            elif isinstance(layer, keras.layers.BatchNormalization):
+                found.append(layer)
+        return found
+
+    x = np.random.default_rng(0).normal(size=(2, 16, 16, 1)).astype("float32")
+    for model in (models.multibranch("resnet8", 2, (16, 16, 1), 10),
+                  models.online_ensemble("resnet8", (16, 16, 1), 10, num_students=2)):
+        synced = models.synchronize_batchnorm(model)
+        layers = batchnorms(synced)
+        assert len(layers) == len(batchnorms(model)) > 10 and all(layer.synchronized for layer in layers)
+        np.testing.assert_allclose(np.asarray(synced(x)), np.asarray(model(x)), atol=1e-6)

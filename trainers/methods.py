@@ -82,6 +82,8 @@ def build_sftn(config: RunConfig, build_model) -> keras_kd.SFTNTrainer:
     teacher = build_model(config.teacher, config, "trained model")
     meta = data.info(config.data.name)
     student = models.get(cfg.student_arch, meta.input_shape, meta.num_classes)
+    if config.train.sync_batchnorm:  # the student's blocks are trained as branches
+        student = models.synchronize_batchnorm(student)
     return keras_kd.SFTNTrainer(
         teacher,
         student,
@@ -103,12 +105,17 @@ def build_online(config: RunConfig, build_model):
         raise ValueError("`train-online` builds its students from `student.arch` (a zoo name).")
     meta = data.info(config.data.name)
     ratios = [Fraction(r).limit_denominator(1000) for r in cfg.width_ratios] if cfg.width_ratios else None
-    return OnlineEnsembleDistiller(
+    network = models.online_ensemble(
         config.student.arch,
-        input_shape=meta.input_shape,
-        num_classes=meta.num_classes,
+        meta.input_shape,
+        meta.num_classes,
         num_students=None if ratios else cfg.num_students,
         width_ratios=ratios,
+    )
+    if config.train.sync_batchnorm:
+        network = models.synchronize_batchnorm(network)
+    return OnlineEnsembleDistiller(
+        network,
         ce_weight=cfg.ce_weight,
         inter_weight=cfg.inter_weight,
         kd_weight=cfg.kd_weight,

@@ -87,9 +87,9 @@ def get(
 
 
 def synchronize_batchnorm(model: keras.Model) -> keras.Model:
-    """A copy of a Functional/Sequential model whose BatchNorm layers are
-    `synchronized=True` (statistics over the GLOBAL batch under tf.distribute),
-    with the same weights.
+    """A copy of a Functional/Sequential model whose BatchNorm layers, nested
+    sub-models included, are `synchronized=True` (statistics over the GLOBAL
+    batch under tf.distribute), with the same weights.
 
     Example:
 
@@ -98,12 +98,18 @@ def synchronize_batchnorm(model: keras.Model) -> keras.Model:
     True
     """
 
-    def clone(layer):
-        config = layer.get_config()
-        if isinstance(layer, keras.layers.BatchNormalization):
-            config["synchronized"] = True
-        return layer.__class__.from_config(config)
+    def mark(node):
+        if isinstance(node, dict):
+            if node.get("class_name") == "BatchNormalization" and isinstance(node.get("config"), dict):
+                node["config"]["synchronized"] = True
+            for value in node.values():
+                mark(value)
+        elif isinstance(node, list):
+            for value in node:
+                mark(value)
 
-    synced = keras.models.clone_model(model, clone_function=clone)
+    config = keras.saving.serialize_keras_object(model)
+    mark(config)
+    synced = keras.saving.deserialize_keras_object(config)
     synced.set_weights(model.get_weights())
     return synced
