@@ -76,9 +76,11 @@ def online_table(table: dict, group: str, alone_keys: dict[str, str], regime: st
     online = table.get((group, "oemc"), [])
     inside = online_rows(online)
     sizes = {row["name"]: row for row in (online[0]["students"] if online else [])}
+    ablation = online_rows(table.get((group, "oemc_no_inter"), []))
+    extra = " in OEMC without L_inter (%) |" if ablation else ""
     rows = [
-        f"| {regime} data | params | MACs | alone (%) | in the online ensemble (%) | relative gain |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        f"| {regime} data | params | MACs | alone (%) | in the online ensemble (%) | relative gain |{extra}",
+        "| --- | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if ablation else ""),
     ]
     gains = {}
     for name, values in inside.items():
@@ -92,8 +94,31 @@ def online_table(table: dict, group: str, alone_keys: dict[str, str], regime: st
         rows.append(
             f"| {name} | {size.get('params', 0):,} | {size.get('macs', 0):,} | "
             f"{fmt(accuracies(alone)) if alone else '—'} | {fmt(values)} | {gain} |"
+            + (f" {fmt(ablation.get(name, []))} |" if ablation else "")
         )
     return "\n".join(rows), gains
+
+
+def plot_points(table: dict, cells: list) -> list[tuple]:
+    """(params, mean, std, label, marker, color) of every 10%-regime model."""
+    colors = {"features": "tab:blue", "ekd": "tab:green", "sftn": "tab:purple", "online": "tab:orange"}
+    points = [
+        (r["params"], 100 * r["test_accuracy"], 0.0, f"teacher {arch}", "s", "black")
+        for arch, r in reference_teachers().items()
+    ]
+    for cell in cells:
+        results = table[(cell.group, cell.key)]
+        if cell.regime != "10%" or not results or cell.key.endswith("_teacher") or cell.key == "oemc_no_inter":
+            continue
+        if cell.key == "oemc":
+            sizes = {row["name"]: row["params"] for row in results[0]["students"]}
+            for name, values in online_rows(results).items():
+                mean, std, _ = stats(values)
+                points.append((sizes[name], mean, std, f"OEMC {name}", "^", "tab:red"))
+            continue
+        mean, std, _ = stats(accuracies(results))
+        points.append((results[0]["params"], mean, std, cell.key, "o", colors.get(cell.group, "gray")))
+    return points
 
 
 def accuracy_vs_params_plot(table: dict, cells: list, path: Path) -> Path | None:
@@ -104,33 +129,29 @@ def accuracy_vs_params_plot(table: dict, cells: list, path: Path) -> Path | None
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    figure, axis = plt.subplots(figsize=(7.5, 4.8))
-    for arch, result in reference_teachers().items():
-        axis.scatter(result["params"], 100 * result["test_accuracy"], marker="s", color="black")
-        axis.annotate(f"teacher {arch}", (result["params"], 100 * result["test_accuracy"]), fontsize=7,
-                      xytext=(4, 2), textcoords="offset points")
-    for cell in cells:
-        if cell.regime != "10%" or cell.key == "sftn_teacher":
-            continue
-        results = table[(cell.group, cell.key)]
-        if not results:
-            continue
-        if cell.key == "oemc":
-            sizes = {row["name"]: row["params"] for row in results[0]["students"]}
-            for name, values in online_rows(results).items():
-                mean, std, _ = stats(values)
-                axis.errorbar(sizes[name], mean, yerr=std, fmt="^", color="tab:red", ms=5)
-                axis.annotate(f"OEMC {name}", (sizes[name], mean), fontsize=6, xytext=(4, -8),
-                              textcoords="offset points")
-            continue
-        mean, std, _ = stats(accuracies(results))
-        color = {"features": "tab:blue", "ekd": "tab:green", "sftn": "tab:purple", "online": "tab:orange"}
-        axis.errorbar(results[0]["params"], mean, yerr=std, fmt="o", color=color.get(cell.group, "gray"), ms=5)
-        axis.annotate(cell.key, (results[0]["params"], mean), fontsize=6, xytext=(4, 2), textcoords="offset points")
+    points = plot_points(table, cells)
+    figure, axis = plt.subplots(figsize=(9, 6))
+    for params, mean, std, _, marker, color in points:
+        axis.errorbar(params, mean, yerr=std, fmt=marker, color=color, ms=5)
+    low = min(p[1] for p in points)
+    high = max(p[1] for p in points)
+    step = (high - low) * 0.035
+    by_size: dict[int, list] = {}
+    for point in points:
+        by_size.setdefault(point[0], []).append(point)
+    for params, group in by_size.items():
+        group.sort(key=lambda p: -p[1])
+        # Models of the same size get a stack of labels on their left, linked by thin lines.
+        for rank, (_, mean, _, label, _, color) in enumerate(group):
+            y = mean if len(group) == 1 else min(group[0][1], high) - rank * step
+            axis.annotate(label, (params, mean), xytext=(params / 1.25, y), textcoords="data", fontsize=6.5,
+                          ha="right", va="center", color=color,
+                          arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "gray"} if len(group) > 1 else None)
     axis.set_xscale("log")
+    axis.set_xlim(min(by_size) / 4, max(by_size) * 1.6)
     axis.set_xlabel("parameters (deployed model)")
     axis.set_ylabel("test accuracy (%), last epoch, mean ± std")
-    axis.set_title("Fashion-MNIST, 10% training subset (quick suite)")
+    axis.set_title("Fashion-MNIST, 10% training subset (quick suite; teachers: 20 epochs, others: 5)")
     axis.grid(alpha=0.3)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -140,29 +161,27 @@ def accuracy_vs_params_plot(table: dict, cells: list, path: Path) -> Path | None
 
 
 def embedding_figure(table: dict, path: Path) -> Path | None:
-    """t-SNE of test-set embeddings: ResNet8 alone, the EKD student, its ResNet20 teacher."""
+    """t-SNE of test-set embeddings (the EKD paper's figure): the 3-branch ResNet8
+    trained without teachers, the EKD student, and the ResNet20 teacher."""
     import keras
 
     from benchmarks.run import TEACHERS
     from keras_kd import data
     from keras_kd.projector import collect_embeddings, plot_embeddings
 
-    ekd = table.get(("ekd", "ekd"), [])
-    baseline = table.get(("features", "baseline"), [])
-    if not ekd or not baseline:
+    runs = {key: table.get(("ekd", key), []) for key in ("ekd_ce", "ekd")}
+    files = [Path(r[0]["run_dir"]) / "student.keras" for r in runs.values() if r]
+    files.append(Path(TEACHERS["resnet20"]) / "model.keras")
+    if len(files) < 3 or not all(f.is_file() for f in files):
+        print(f"embedding figure skipped: needs {', '.join(map(str, files))}")
         return None
     test = data.load("fashion_mnist", "test", 500)
-    student = keras.models.load_model(Path(ekd[0]["run_dir"]) / "student.keras")
-    branches = [layer.name for layer in student.layers if layer.name.endswith("_embedding")]
-    panels = {
-        "ResNet8 alone (CE)": collect_embeddings(
-            keras.models.load_model(Path(baseline[0]["run_dir"]) / "model.keras"), test, max_images=1500
-        ),
-        "EKD 3-branch ResNet8 (branches concatenated)": collect_embeddings(student, test, branches, max_images=1500),
-        "teacher ResNet20": collect_embeddings(
-            keras.models.load_model(Path(TEACHERS["resnet20"]) / "model.keras"), test, max_images=1500
-        ),
-    }
+    panels = {}
+    for title, file in zip(("3-branch ResNet8, no teachers", "EKD 3-branch ResNet8", "teacher ResNet20"), files,
+                           strict=True):
+        model = keras.models.load_model(file)
+        taps = [layer.name for layer in model.layers if layer.name.endswith("_embedding")] or ["embedding"]
+        panels[title] = collect_embeddings(model, test, taps, max_images=1500)
     names = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot"]
     return plot_embeddings(panels, path, method="tsne", class_names=names)
 

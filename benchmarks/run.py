@@ -116,6 +116,8 @@ def base_cells(p: Protocol) -> list[Cell]:
              ("teacher.path={ce_teacher}",)),
         Cell("online", "oemc", "OEMC: 5 ResNet8 students (widths 5/5..1/5)", "train-online", "online_fmnist.yaml"),
     ]
+    rows.append(Cell("online", "oemc_no_inter", "OEMC ablation: inter_weight = 0", "train-online",
+                     "online_fmnist.yaml", ("online.inter_weight=0.0",)))
     rows += [
         Cell("online", f"alone_w{j}", f"ResNet8 width {j}/5 alone (CE)", "train-teacher", "kd_fmnist.yaml",
              (*student, f"student.width_ratio={j / 5}"))
