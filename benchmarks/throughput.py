@@ -169,9 +169,7 @@ def ensemble_main(args, ds, source, images) -> None:
     rows += [f"| {name} | {value:.0f} | {value / plain3:.2f} |" for name, value in best.items()]
     rows.append(f"| *online floor 1/(1/plain 3-branch + sum 1/teacher)* | {floor:.0f} | {floor / plain3:.2f} |")
     text = (
-        f"Measured with `python -m benchmarks.throughput --tables ensemble --images {args.images} --epochs {args.epochs} "
-        f"--rounds {args.rounds}` on {os.cpu_count()} CPU cores, XLA {'on' if JIT else 'off'}; {source} 28x28x1, "
-        f"{images} images, batch {args.batch_size}, best of the rounds. Student: ResNet8 branches with a shared "
+        measured_with("ensemble", args, source, images) + " Student: ResNet8 branches with a shared "
         "stem; teachers ResNet20, WRN-16-1, CNN (EKD terms: CE, KD and embedding mimicry per branch + ensemble "
         "CE). With the cache the teachers never run during training.\n\n" + "\n".join(rows)
     )
@@ -207,16 +205,23 @@ def kd_main(args, ds, source, images) -> None:
         ratio = "" if kind_of(configs, name) == "predict" or name.startswith("plain") else f"{value / floor:.2f}"
         rows.append(f"| {name} | {value:.0f} | {ratio} |")
     rows.append(f"| *no-overhead floor 1/(1/student + 1/teacher)* | {floor:.0f} | 1.00 |")
-    cpu = platform.processor() or platform.machine()
     text = (
-        f"Measured with `python -m benchmarks.throughput --tables kd --images {args.images} --epochs {args.epochs} "
-        f"--rounds {args.rounds}` on {os.cpu_count()} CPU cores ({cpu}), TensorFlow {tf.__version__}, "
-        f"Keras {keras.__version__}, XLA {'on' if JIT else 'off'} for every configuration; {source} 28x28x1, {images} images, batch {args.batch_size}, "
-        "best of the rounds. Targets: keras_kd logit KD >= 0.95x the floor, each feature KD >= 0.85x, "
+        measured_with("kd", args, source, images) + " Targets: keras_kd logit KD >= 0.95x the floor, each feature KD >= 0.85x, "
         "both faster than `keras.distillation`.\n\n" + "\n".join(rows)
     )
     write_section(args.output, "throughput", "Training throughput (keras_kd vs keras.distillation)", text)
     print(text)
+
+
+def measured_with(table: str, args, source: str, images: int) -> str:
+    """The command and conditions of a measurement, for the docs."""
+    cpu = platform.processor() or platform.machine()
+    return (
+        f"Measured with `python -m benchmarks.throughput --tables {table} --images {args.images} "
+        f"--epochs {args.epochs} --rounds {args.rounds}` on {os.cpu_count()} CPU cores ({cpu}), TensorFlow "
+        f"{tf.__version__}, Keras {keras.__version__}, XLA {'on' if JIT else 'off'} for every configuration; "
+        f"{source} 28x28x1, {images} images, batch {args.batch_size}, best of the rounds."
+    )
 
 
 def kind_of(configs, name):

@@ -23,6 +23,18 @@ def tiny_model(
     return keras.Model(inputs, outputs, name=name)
 
 
+class SubclassedNet(keras.Model):
+    """A subclassed (non-Functional) logits model: no layer taps, no block views."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.flatten = keras.layers.Flatten()
+        self.dense = keras.layers.Dense(10)
+
+    def call(self, inputs, training=False):
+        return self.dense(self.flatten(inputs))
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     keras.utils.set_random_seed(0)

@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from keras_kd import Distiller, data
 
-from conftest import np_cross_entropy, np_soft_target, tiny_model
+from conftest import SubclassedNet, np_cross_entropy, np_soft_target, tiny_model
 
 
 def make_distiller(**kwargs):
@@ -108,16 +108,7 @@ def test_sequential_and_subclassed_students(batch):
         [keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(10)]
     )
 
-    class Sub(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.flat = keras.layers.Flatten()
-            self.out = keras.layers.Dense(10)
-
-        def call(self, inputs, training=False):
-            return self.out(self.flat(inputs))
-
-    for student in (sequential, Sub()):
+    for student in (sequential, SubclassedNet()):
         distiller = Distiller(student, teacher)
         distiller.compile(optimizer="sgd")
         logs = distiller.fit(x, y, epochs=1, verbose=0).history

@@ -7,6 +7,8 @@ from keras_kd import Distiller, FeatureTerm, models, tap_model
 from keras_kd.adapters import HintRegressor
 from keras_kd.losses import AttentionTransferLoss, HintLoss, LocalityPreservingLoss
 
+from conftest import SubclassedNet
+
 
 class CallCounter(keras.layers.Layer):
     """Identity layer counting how many times the network runs."""
@@ -128,16 +130,7 @@ def test_feature_configuration_errors():
     with pytest.raises(TypeError, match="FeatureTerm objects"):
         Distiller(student, teacher, features=[("stage3", "stage3")])
 
-    class Sub(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.flat = keras.layers.Flatten()
-            self.out = keras.layers.Dense(10)
-
-        def call(self, inputs):
-            return self.out(self.flat(inputs))
-
-    sub = Sub()
+    sub = SubclassedNet()
     sub.build((None, 16, 16, 1))
     with pytest.raises(ValueError, match="cannot be tapped by layer name"):
         Distiller(sub, teacher, features=[FeatureTerm("stage3", "stage3", AttentionTransferLoss())])

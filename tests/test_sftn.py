@@ -8,7 +8,7 @@ from keras_kd.adapters import HintRegressor
 from keras_kd.distillers.sftn import SFTNTrainer
 from keras_kd.models.blocks import split
 
-from conftest import np_cross_entropy, np_log_softmax
+from conftest import SubclassedNet, np_cross_entropy, np_log_softmax
 
 SHAPE = (16, 16, 1)
 
@@ -185,16 +185,6 @@ def test_fine_tuning_starts_from_the_pretrained_teacher():
     np.testing.assert_allclose(trainer.predict(x, verbose=0), reference, atol=1e-5)
 
 
-class Subclassed(keras.Model):
-    def __init__(self):
-        super().__init__()
-        self.flatten = keras.layers.Flatten()
-        self.dense = keras.layers.Dense(10)
-
-    def call(self, inputs):
-        return self.dense(self.flatten(inputs))
-
-
 def test_clear_errors():
     teacher = models.get("resnet8", SHAPE, 10)
     with pytest.raises(ValueError, match="predicts 10 classes but student"):
@@ -213,7 +203,7 @@ def test_clear_errors():
         SFTNTrainer(teacher, models.get("cnn", SHAPE, 10), lambda_t=0, lambda_kl=0, lambda_ce=0)
     with pytest.raises(ValueError, match="temperature"):
         SFTNTrainer(teacher, models.get("cnn", SHAPE, 10), temperature=0.0)
-    subclassed = Subclassed()
+    subclassed = SubclassedNet()
     subclassed(np.zeros((1, *SHAPE), "float32"))
     with pytest.raises(ValueError, match="not Functional"):
         SFTNTrainer(teacher, subclassed)
