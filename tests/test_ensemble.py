@@ -205,3 +205,15 @@ def test_independent_branches_and_save_load_round_trip(tmp_path):
     loaded = keras.models.load_model(tmp_path / "ekd.keras")
     assert isinstance(loaded, EnsembleDistiller) and loaded.temperatures == [2.0, 3.0]
     np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(distiller(x)), atol=1e-5)
+
+
+def test_cache_of_other_teachers_and_unpooled_embeddings_are_refused(tmp_path):
+    distiller, cache, _ = _cache_setup(tmp_path)
+    shape = data.info("synthetic").input_shape
+    one = EnsembleDistiller(models.multibranch("resnet8", 1, shape, 10), distiller.teachers[:1], beta=0.0)
+    ds = data.load("synthetic", "train", 10, subset_fraction=0.05, augment=False, teacher_cache=cache)
+    x, y = next(iter(ds))
+    with pytest.raises(ValueError, match="outputs of 2 teachers but the distiller has 1"):
+        one.compute_terms(x, y, one(x, features=True), training=False)
+    with pytest.raises(ValueError, match="pooled"):
+        EnsembleDistiller(models.multibranch("resnet8", 1, SHAPE, 10), make_teachers(("cnn",)), embedding_layer="stage3")

@@ -240,3 +240,10 @@ def test_save_load_round_trip(tmp_path, share):
         trainer.evaluate(x, y, verbose=0, return_dict=True)["loss"],
         rtol=1e-5,
     )
+
+
+def test_frozen_teacher_is_refused():
+    teacher = models.get("resnet8", (16, 16, 1), 10)
+    teacher.trainable = False
+    with pytest.raises(ValueError, match="frozen"):
+        SFTNTrainer(teacher, models.get("cnn", (16, 16, 1), 10))

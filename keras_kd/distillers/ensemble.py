@@ -56,7 +56,9 @@ class EnsembleDistiller(BaseDistiller):
     come from a teacher-output cache (`keras_kd.data.load(...,
     teacher_cache=...)`, built with `build_cache`): then inputs are dicts
     `{"image": x, "teacher{i}_logits": ..., "teacher{i}_embedding": ...}`
-    and the step costs the same whatever the number of teachers.
+    and the step costs the same whatever the number of teachers. Check a
+    cache built elsewhere with `check_cache` (same teachers, same order;
+    the CLI does this itself).
 
     Metrics: `loss`, `ensemble_ce_loss`, `branch{i}_ce_loss`,
     `branch{i}_kd_loss`, `branch{i}_embedding_loss`, `accuracy` (ensemble)
@@ -159,6 +161,12 @@ class EnsembleDistiller(BaseDistiller):
         for branch, view in zip(self.branches, self.teacher_views, strict=True):
             student_shape = tuple(self.student_view.output[embedding_name(branch)].shape)
             teacher_shape = tuple(view.output[self.embedding_layer].shape)
+            if len(student_shape) != 2 or len(teacher_shape) != 2:
+                raise ValueError(
+                    f"Embedding mimicry needs pooled (batch, dim) embeddings: {branch} gives {student_shape}, "
+                    f"the teacher's {self.embedding_layer!r} layer gives {teacher_shape}. Pick a pooled layer "
+                    "with `embedding_layer` or set beta=0."
+                )
             adapter = self.embedding_loss.build_adapter(student_shape, teacher_shape, name=f"adapter_{branch}")
             if adapter is not None:
                 adapter.build(student_shape)
@@ -194,6 +202,13 @@ class EnsembleDistiller(BaseDistiller):
         wanted = {LOGITS: output_key(index, "logits")}
         if self.uses_embeddings:
             wanted["embedding"] = output_key(index, "embedding")
+        if index == 1:
+            cached_teachers = sum(1 for key in x if key.endswith("_logits") and key.startswith("teacher"))
+            if cached_teachers != self.num_teachers:
+                raise ValueError(
+                    f"The cache batches hold outputs of {cached_teachers} teachers but the distiller has "
+                    f"{self.num_teachers}: the cache belongs to other teachers. Check it with check_cache()."
+                )
         missing = [key for key in wanted.values() if key not in x]
         if missing:
             raise ValueError(

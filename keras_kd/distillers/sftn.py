@@ -152,6 +152,11 @@ class SFTNTrainer(BaseDistiller):
         **kwargs,
     ):
         input_shape, num_classes = check_teacher_student(teacher, student)
+        if not teacher.trainable:
+            raise ValueError(
+                f"The teacher {teacher.name!r} is frozen (trainable=False, e.g. taken from a distiller), "
+                "but SFTN trains the teacher. Set `teacher.trainable = True` first."
+            )
         teacher_boundaries, student_boundaries = _check_boundaries(teacher_boundaries, student_boundaries)
         weights = check_weights({"lambda_t": lambda_t, "lambda_kl": lambda_kl, "lambda_ce": lambda_ce})
         temperature = check_positive("temperature", temperature)
