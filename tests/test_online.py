@@ -9,8 +9,8 @@ import tensorflow as tf
 
 from keras_kd import models
 from keras_kd.distillers.online import OnlineEnsembleDistiller
+from keras_kd.models.layers import scale_channels
 from keras_kd.models.online import STAGES, components, extract_student, online_ensemble
-from keras_kd.models.resnet import scale_channels
 
 from conftest import np_cross_entropy, np_soft_target, tiny_model
 

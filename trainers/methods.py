@@ -17,6 +17,11 @@ from keras_kd import data, models
 from trainers.config import RunConfig
 
 
+def exact_ratio(value: float) -> Fraction:
+    """A config width ratio (YAML float, e.g. 0.8) as the exact fraction it stands for (4/5)."""
+    return Fraction(value).limit_denominator(1000)
+
+
 def _teacher_models(config: RunConfig, build_model) -> list[keras.Model]:
     if not config.teachers:
         raise ValueError("`distill.method: ekd` needs a `teachers` list (one `path` per trained teacher).")
@@ -104,7 +109,7 @@ def build_online(config: RunConfig, build_model):
     if not config.student.arch:
         raise ValueError("`train-online` builds its students from `student.arch` (a zoo name).")
     meta = data.info(config.data.name)
-    ratios = [Fraction(r).limit_denominator(1000) for r in cfg.width_ratios] if cfg.width_ratios else None
+    ratios = [exact_ratio(r) for r in cfg.width_ratios] if cfg.width_ratios else None
     network = models.online_ensemble(
         config.student.arch,
         meta.input_shape,

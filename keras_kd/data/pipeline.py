@@ -135,11 +135,18 @@ def load_arrays(
     return images[keep], labels[keep]
 
 
+def normalization(name: str, normalize: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (mean, std) applied to [0, 1] pixels; (0, 1) without `normalize`."""
+    meta = info(name)
+    mean = np.asarray(meta.mean, np.float32)
+    if not normalize:
+        return np.zeros_like(mean), np.ones_like(mean)
+    return mean, np.asarray(meta.std, np.float32)
+
+
 def standardize(images, name: str, normalize: bool = True) -> np.ndarray:
     """uint8 images -> float32 network inputs, exactly as `load` scales them."""
-    meta = info(name)
-    mean = np.asarray(meta.mean, np.float32) if normalize else 0.0
-    std = np.asarray(meta.std, np.float32) if normalize else 1.0
+    mean, std = normalization(name, normalize)
     return (np.asarray(images, np.float32) / 255.0 - mean) / std
 
 
@@ -231,10 +238,7 @@ def load(
     ds = tf.data.Dataset.from_tensor_slices((images, labels))
     if shuffle:
         ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-    mean = np.asarray(meta.mean, np.float32)
-    std = np.asarray(meta.std, np.float32) if normalize else np.ones_like(mean)
-    if not normalize:
-        mean = np.zeros_like(mean)
+    mean, std = normalization(name, normalize)
 
     def scale(image):
         return (tf.cast(image, tf.float32) / 255.0 - mean) / std

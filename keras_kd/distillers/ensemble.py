@@ -186,6 +186,12 @@ class EnsembleDistiller(BaseDistiller):
         """Per teacher `{"logits": ..., "embedding": ...}`: from the cache
         columns when `x` is a cache batch, otherwise one inference pass each."""
         if isinstance(x, dict):
+            cached_teachers = sum(1 for key in x if key.startswith("teacher") and key.endswith("_logits"))
+            if cached_teachers != self.num_teachers:
+                raise ValueError(
+                    f"The cache batches hold outputs of {cached_teachers} teachers but the distiller has "
+                    f"{self.num_teachers}: the cache belongs to other teachers. Check it with check_cache()."
+                )
             return [self._cached(x, index) for index in range(1, self.num_teachers + 1)]
         outputs = []
         for teacher, view in zip(self.teachers, self.teacher_views, strict=True):
@@ -202,13 +208,6 @@ class EnsembleDistiller(BaseDistiller):
         wanted = {LOGITS: output_key(index, "logits")}
         if self.uses_embeddings:
             wanted["embedding"] = output_key(index, "embedding")
-        if index == 1:
-            cached_teachers = sum(1 for key in x if key.endswith("_logits") and key.startswith("teacher"))
-            if cached_teachers != self.num_teachers:
-                raise ValueError(
-                    f"The cache batches hold outputs of {cached_teachers} teachers but the distiller has "
-                    f"{self.num_teachers}: the cache belongs to other teachers. Check it with check_cache()."
-                )
         missing = [key for key in wanted.values() if key not in x]
         if missing:
             raise ValueError(

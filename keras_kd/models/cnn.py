@@ -5,8 +5,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from keras_kd.models.layers import batch_norm, classifier_head, conv, relu
-from keras_kd.models.resnet import scale_channels
+from keras_kd.models.layers import batch_norm, classifier_head, conv, relu, scale_channels
 
 
 def build_cnn(

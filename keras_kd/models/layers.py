@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
+
 from keras import layers
 
 # PyTorch's BatchNorm momentum 0.1 is Keras' 0.9; it also keeps moving
@@ -36,3 +39,19 @@ def classifier_head(x, num_classes: int):
     """Global average pooling (the `embedding` tap) followed by the logits."""
     embedding = layers.GlobalAveragePooling2D(name="embedding")(x)
     return layers.Dense(num_classes, name="logits")(embedding)
+
+
+def scale_channels(channels: int, ratio: int | float | Fraction = 1) -> int:
+    """`max(1, floor(channels * ratio))`, exact for int and `Fraction` ratios.
+
+    Floats are multiplied in floating point and then floored, so pass a
+    `fractions.Fraction` (e.g. `Fraction(4, 5)`) when the exact integer
+    `channels * num // den` matters.
+    """
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float, Fraction)):
+        raise TypeError(f"`width_ratio` must be an int, float or fractions.Fraction, got {ratio!r}.")
+    if not (math.isfinite(ratio) and ratio > 0):
+        raise ValueError(f"`width_ratio` must be a finite number > 0, got {ratio!r}.")
+    if isinstance(ratio, float):
+        return max(1, math.floor(channels * ratio))
+    return max(1, math.floor(Fraction(channels) * ratio))

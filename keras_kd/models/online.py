@@ -22,7 +22,7 @@ from fractions import Fraction
 
 import keras
 
-from keras_kd.models.resnet import scale_channels
+from keras_kd.models.layers import scale_channels
 from keras_kd.models.zoo import get as zoo_get
 
 #: Layers every branch network needs (zoo layer names).

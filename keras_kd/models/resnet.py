@@ -7,32 +7,14 @@ after a 16-channel stem; the `x4` variants (`resnet8x4`, `resnet32x4`) use
 
 from __future__ import annotations
 
-import math
 import re
-from fractions import Fraction
 
 import keras
 from keras import layers
 
-from keras_kd.models.layers import batch_norm, classifier_head, conv, relu
+from keras_kd.models.layers import batch_norm, classifier_head, conv, relu, scale_channels
 
 RESNET_PATTERN = re.compile(r"^resnet(\d+)(x4)?$")
-
-
-def scale_channels(channels: int, ratio: int | float | Fraction = 1) -> int:
-    """`max(1, floor(channels * ratio))`, exact for int and `Fraction` ratios.
-
-    Floats are multiplied in floating point and then floored, so pass a
-    `fractions.Fraction` (e.g. `Fraction(4, 5)`) when the exact integer
-    `channels * num // den` matters.
-    """
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float, Fraction)):
-        raise TypeError(f"`width_ratio` must be an int, float or fractions.Fraction, got {ratio!r}.")
-    if not (math.isfinite(ratio) and ratio > 0):
-        raise ValueError(f"`width_ratio` must be a finite number > 0, got {ratio!r}.")
-    if isinstance(ratio, float):
-        return max(1, math.floor(channels * ratio))
-    return max(1, math.floor(Fraction(channels) * ratio))
 
 
 def basic_block(x, filters: int, strides: int, prefix: str, out_name: str):

@@ -11,8 +11,7 @@ import re
 import keras
 from keras import layers
 
-from keras_kd.models.layers import batch_norm, classifier_head, conv, relu
-from keras_kd.models.resnet import scale_channels
+from keras_kd.models.layers import batch_norm, classifier_head, conv, relu, scale_channels
 
 WRN_PATTERN = re.compile(r"^wrn_(\d+)_(\d+)$")
 

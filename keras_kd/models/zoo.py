@@ -8,7 +8,8 @@ from fractions import Fraction
 import keras
 
 from keras_kd.models.cnn import build_cnn
-from keras_kd.models.resnet import RESNET_PATTERN, resnet_from_name, scale_channels
+from keras_kd.models.layers import scale_channels
+from keras_kd.models.resnet import RESNET_PATTERN, resnet_from_name
 from keras_kd.models.wrn import WRN_PATTERN, wrn_from_name
 
 #: Named intermediate tensors every zoo model exposes (layer names).
