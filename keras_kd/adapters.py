@@ -29,6 +29,8 @@ class HintRegressor(keras.layers.Layer):
     transposed convolution when the student map is `s` times smaller
     (Romero et al., "FitNets: Hints for Thin Deep Nets", ICLR 2015). For
     rank-2 features (pooled embeddings) it is Dense + BN + ReLU.
+    `kernel_size=1, batchnorm=False, activation=None` is a plain 1x1 channel
+    map (OEMC's adapters).
 
     Args:
         teacher_shape: teacher feature shape without batch, `(H, W, C)` or `(D,)`.
@@ -36,12 +38,23 @@ class HintRegressor(keras.layers.Layer):
             can be negative (e.g. pre-activation WRN stage outputs).
     """
 
-    def __init__(self, teacher_shape, activation: str | None = "relu", **kwargs):
+    def __init__(
+        self,
+        teacher_shape,
+        activation: str | None = "relu",
+        kernel_size: int = 3,
+        batchnorm: bool = True,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.teacher_shape = tuple(int(d) for d in teacher_shape)
         self.activation = activation
+        self.kernel_size = int(kernel_size)
+        self.batchnorm = bool(batchnorm)
         self.transform = None
-        self.norm = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON)
+        self.norm = (
+            keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON) if batchnorm else None
+        )
         self.act = keras.layers.Activation(activation) if activation else None
 
     def build(self, input_shape):
@@ -62,19 +75,24 @@ class HintRegressor(keras.layers.Layer):
                     "differ by different factors in height and width."
                 )
             layer = keras.layers.Conv2DTranspose if direction == "up" else keras.layers.Conv2D
-            self.transform = layer(channels, 3, strides=stride, padding="same", use_bias=False)
+            kernel = max(self.kernel_size, stride) if direction == "up" else self.kernel_size
+            self.transform = layer(channels, kernel, strides=stride, padding="same", use_bias=False)
         else:
             raise ValueError(f"Hint regressor needs (H, W, C) or (D,) features, got {student_shape}.")
         self.transform.build(input_shape)
-        self.norm.build((*input_shape[:1], *self.teacher_shape))
+        if self.norm is not None:
+            self.norm.build((*input_shape[:1], *self.teacher_shape))
         self.built = True
 
     def call(self, inputs, training=None):
-        x = self.norm(self.transform(inputs), training=training)
+        x = self.transform(inputs)
+        if self.norm is not None:
+            x = self.norm(x, training=training)
         return self.act(x) if self.act is not None else x
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], *self.teacher_shape)
 
     def get_config(self):
-        return {**super().get_config(), "teacher_shape": self.teacher_shape, "activation": self.activation}
+        return {**super().get_config(), "teacher_shape": self.teacher_shape, "activation": self.activation,
+                "kernel_size": self.kernel_size, "batchnorm": self.batchnorm}

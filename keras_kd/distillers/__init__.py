@@ -2,7 +2,6 @@
 
 from keras_kd.distillers.base import BaseDistiller, LossTerm
 from keras_kd.distillers.ensemble import EnsembleDistiller
-from keras_kd.distillers.features import FeatureTerm
 from keras_kd.distillers.logits import Distiller
 from keras_kd.distillers.online import OnlineEnsembleDistiller
 from keras_kd.distillers.sftn import SFTNTrainer
@@ -12,7 +11,6 @@ __all__ = [
     "BaseDistiller",
     "Distiller",
     "EnsembleDistiller",
-    "FeatureTerm",
     "LossTerm",
     "OnlineEnsembleDistiller",
     "SFTNTrainer",

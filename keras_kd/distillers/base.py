@@ -1,9 +1,18 @@
-"""Shared machinery of every keras_kd distiller.
+"""Shared machinery of every keras_kd distiller and trainer.
 
 A distiller is a `keras.Model` whose `call()` runs the student, so `predict`,
-`evaluate` and `export` act on the student, and whose `train_step` combines a
-list of weighted loss terms computed from ONE forward pass of each network.
-Subclasses only say which terms to compute (`compute_terms`).
+`evaluate` and `export` act on the student, and whose `train_step` combines
+weighted loss terms computed from ONE forward pass of each network. Every
+term is a `keras_kd.losses.DistillationLoss` (or cross-entropy) called with
+one `LossContext`: labels, step, epoch, its trainable part and every tapped
+output. Subclasses only say which terms to compute (`compute_terms`).
+
+Safety checks are values, not asserts, so they hold under `jit_compile=True`
+(XLA compiles `tf.debugging.Assert` away): each step computes whether every
+term is finite and every label in range, all-reduced over replicas; a bad
+step applies NO update and records what went wrong, and a callback that
+`fit`/`evaluate` install raises `NonFiniteLossError` / `LabelRangeError` right
+after that step.
 """
 
 from __future__ import annotations
@@ -11,11 +20,43 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from keras_kd.losses.base import check_non_negative
-from keras_kd.taps import LOGITS, tap_model
+from keras_kd import _compat
+from keras_kd._compat import is_multi_worker
+from keras_kd.losses.base import LOGITS, DistillationLoss, LossContext, check_non_negative, describe
+from keras_kd.taps import tap_model
+
+#: `failure` codes besides a term index.
+_NO_FAILURE, _BAD_LABEL = -1, -2
+
+
+class TrainingError(RuntimeError):
+    """Training was stopped by a keras_kd safety check; no update was applied
+    for the step named in the message."""
+
+
+class NonFiniteLossError(TrainingError):
+    """A loss term became NaN/Inf."""
+
+    def __init__(self, term: str, step: int):
+        self.term, self.step = term, step
+        super().__init__(
+            f"keras_kd: loss term {term} is not finite (NaN/Inf) at step {step}; that step was not applied."
+        )
+
+
+class LabelRangeError(TrainingError):
+    """A label lies outside `[0, num_classes)`."""
+
+    def __init__(self, label: int, num_classes: int, step: int):
+        self.label, self.num_classes, self.step = label, num_classes, step
+        super().__init__(
+            f"keras_kd: label {label} at step {step} is outside [0, {num_classes}) (the model's class count); "
+            "that step was not applied."
+        )
 
 
 class LossTerm:
@@ -32,9 +73,7 @@ class LossTerm:
 def cross_entropy(labels, logits):
     """Batch-mean sparse cross-entropy from logits, in float32."""
     return ops.mean(
-        keras.losses.sparse_categorical_crossentropy(
-            labels, ops.cast(logits, "float32"), from_logits=True
-        )
+        keras.losses.sparse_categorical_crossentropy(labels, ops.cast(logits, "float32"), from_logits=True)
     )
 
 
@@ -42,16 +81,22 @@ def deserialize_entries(config: dict, keys: Sequence[str]) -> dict:
     """A copy of `config` with the nested Keras objects under `keys` rebuilt."""
     config = dict(config)
     for key in keys:
-        config[key] = keras.saving.deserialize_keras_object(config[key])
+        value = config.get(key)
+        if isinstance(value, list):
+            config[key] = [keras.saving.deserialize_keras_object(item) for item in value]
+        elif value is not None:
+            config[key] = keras.saving.deserialize_keras_object(value)
     return config
 
 
-def is_multi_worker(strategy=None) -> bool:
-    """True for a MultiWorkerMirroredStrategy that spans several workers."""
-    strategy = strategy or tf.distribute.get_strategy()
-    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
-        strategy.extended._in_multi_worker_mode()
-    )
+def reject_positional(cls_name: str, args: tuple, keywords: str) -> None:
+    """Models are keyword-only: `Distiller(resnet20, resnet8)` is ambiguous
+    (keras.distillation takes the teacher first, keras_kd 0.2 the student)."""
+    if args:
+        raise TypeError(
+            f"{cls_name} takes its models as keyword arguments only: {cls_name}({keywords}). "
+            f"Got {len(args)} positional argument(s)."
+        )
 
 
 def check_weights(weights: dict[str, float]) -> dict[str, float]:
@@ -63,7 +108,38 @@ def check_weights(weights: dict[str, float]) -> dict[str, float]:
     return checked
 
 
-class BaseDistiller(keras.Model):
+def output_shapes(view: keras.Model | None, model: keras.Model) -> dict[str, tuple]:
+    """Shapes (with batch) of every output of a tap view (or of the model's logits)."""
+    if view is None or not isinstance(view.output, dict):
+        return {LOGITS: tuple(model.outputs[0].shape) if getattr(model, "outputs", None) else (None, None)}
+    return {key: tuple(tensor.shape) for key, tensor in view.output.items()}
+
+
+def _metric(identifier) -> keras.metrics.Metric:
+    """A metric of (integer labels, student logits) from a compile() identifier."""
+    if identifier in ("accuracy", "acc"):
+        return keras.metrics.SparseCategoricalAccuracy(name="compiled_accuracy")
+    metric = keras.metrics.get(identifier)
+    if isinstance(metric, keras.metrics.Metric):
+        return metric
+    return keras.metrics.MeanMetricWrapper(metric, name=getattr(metric, "__name__", str(identifier)))
+
+
+class TrainingGuard(keras.callbacks.Callback):
+    """Installed by `fit`/`evaluate`: keeps the distiller's epoch counter and
+    raises the error recorded by a step that was refused."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.epoch.assign(epoch)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.model.raise_if_failed()
+
+    def on_test_batch_end(self, batch, logs=None):
+        self.model.raise_if_failed()
+
+
+class BaseDistiller(_compat.MultiWorkerBuild, keras.Model):
     """Frozen teacher(s), one student pass, weighted terms, metrics, checks.
 
     Args:
@@ -73,9 +149,9 @@ class BaseDistiller(keras.Model):
             each becomes a metric (History, TensorBoard, progress bar).
         student_taps: layer names of the student whose outputs the terms
             need, fetched in the SAME forward pass as the logits.
-        check_finite: stop with an error naming the loss term and the step
-            when a term becomes NaN/Inf.
-        check_labels: fail with a clear error when a label is outside
+        check_finite: stop with `NonFiniteLossError` (term and step named, the
+            step not applied) when a term becomes NaN/Inf.
+        check_labels: stop with `LabelRangeError` when a label is outside
             `[0, num_classes)`.
         accuracy_outputs: keys of the `call(..., features=True)` dict (other
             than `"logits"`) whose top-1 accuracy is reported as
@@ -84,6 +160,7 @@ class BaseDistiller(keras.Model):
 
     def __init__(
         self,
+        *,
         student: keras.Model,
         num_classes: int,
         term_names: Sequence[str],
@@ -94,42 +171,39 @@ class BaseDistiller(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
+        from keras_kd.distillers.checks import logits_model
+
         self.student = student
+        self.student_logits = logits_model(student, "student")
         self.num_classes = int(num_classes)
-        self.student_taps = tuple(student_taps)
+        self.student_taps = tuple(dict.fromkeys(t for t in student_taps if t != LOGITS))
         self.check_finite = bool(check_finite)
         self.check_labels = bool(check_labels)
-        self.student_view = tap_model(student, self.student_taps) if self.student_taps else None
+        self.student_view = tap_model(self.student_logits, self.student_taps) if self.student_taps else None
+        self.term_names = list(term_names)
         self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.term_trackers = {name: keras.metrics.Mean(name=name) for name in term_names}
         self.output_accuracy_trackers = {
             key: keras.metrics.SparseCategoricalAccuracy(name=f"{key}_accuracy") for key in accuracy_outputs
         }
+        self.extra_metrics = []
+        self.loss_parts = {}
+        # Training progress and the record of a refused step, as variables so
+        # the checks work inside compiled (XLA) steps and across replicas.
+        self.epoch = keras.Variable(0, dtype="int64", trainable=False, name="epoch", aggregation="only_first_replica")
+        self.failure = keras.Variable(
+            np.array([_NO_FAILURE, 0, 0], "int64"),
+            dtype="int64",
+            trainable=False,
+            name="failure",
+            aggregation="only_first_replica",
+        )
 
     def mark_built(self) -> None:
-        """Call at the end of a subclass `__init__`: every sub-network and adapter
-        already has its weights, so Keras' symbolic build (which fails under
-        MultiWorkerMirroredStrategy, keras-team/keras#20585) is skipped and
-        `.keras` saves keep the optimizer state."""
+        """Call at the end of a subclass `__init__`: every sub-network and loss
+        part already has its weights, so `.keras` saves keep the optimizer state."""
         self.built = True
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras 3.15 reduces a per-replica batch here, which fails under
-        # MultiWorkerMirroredStrategy (keras-team/keras#20585). A distiller is
-        # built at construction, so only the optimizer needs its variables.
-        if is_multi_worker(self.distribute_strategy):
-            if self._compile_metrics is not None:
-                raise ValueError(
-                    "compile(metrics=...) is not supported under MultiWorkerMirroredStrategy; "
-                    "the distiller already reports `accuracy` and every loss term."
-                )
-            if self.optimizer is not None and not self.optimizer.built:
-                with self.distribute_strategy.scope():
-                    self.optimizer.build(self.trainable_variables)
-            self._post_build()
-            return
-        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     # -- what subclasses provide ------------------------------------------------
 
@@ -138,39 +212,133 @@ class BaseDistiller(keras.Model):
         trainers whose product is another network, e.g. SFTN's teacher)."""
         return self.student
 
+    def deliverables(self) -> dict[str, keras.Model]:
+        """Every network a run saves as `<name>.keras` (hook of the CLI runner);
+        the first is the deployable one."""
+        return {"student": self.student}
+
+    def projector_taps(self) -> list[tuple[str, keras.Model, list[str]]]:
+        """`(folder, model, layer names)` whose test-set embeddings a run writes
+        for TensorBoard's projector."""
+        return [("projector", self.student, ["embedding"])]
+
     def compute_terms(self, x, y, student_outputs: dict, training: bool) -> list[LossTerm]:
         """The weighted loss terms for one batch (student already run once)."""
         raise NotImplementedError
+
+    # -- losses -----------------------------------------------------------------
+
+    def bind_loss(
+        self,
+        term: str,
+        loss: DistillationLoss,
+        teacher_shapes: dict,
+        student_shapes: dict,
+        teacher_label: str = "teacher",
+        student_label: str = "student",
+    ) -> None:
+        """Checks that `loss` can carry signal between these outputs (refusing
+        dead terms with both outputs named) and creates its trainable part."""
+        for label, shapes, key in (
+            (teacher_label, teacher_shapes, loss.teacher_key),
+            (student_label, student_shapes, loss.student_key),
+        ):
+            if key not in shapes:
+                raise ValueError(f"Term {term!r}: the {label} has no output {key!r} (available: {', '.join(shapes)}).")
+        teacher_shape, student_shape = teacher_shapes[loss.teacher_key], student_shapes[loss.student_key]
+        try:
+            loss.check_shapes(teacher_shape, student_shape)
+        except ValueError as error:
+            raise ValueError(
+                f"Term {term!r} ({type(loss).__name__}) between {teacher_label} output {loss.teacher_key!r} "
+                f"{describe(teacher_shape)} and {student_label} output {loss.student_key!r} "
+                f"{describe(student_shape)} cannot train: {error}"
+            ) from error
+        part = loss.build_parts(teacher_shape, student_shape)
+        if part is not None:
+            if not part.built:
+                part.build(student_shape)
+            self.loss_parts[term] = part
+
+    def loss_value(self, term: str, loss: DistillationLoss, teacher: dict, student: dict, labels, training: bool):
+        """`loss` between `teacher[loss.teacher_key]` and `student[loss.student_key]`."""
+        context = LossContext(
+            labels=labels,
+            step=self.optimizer.iterations if getattr(self, "optimizer", None) is not None else 0,
+            epoch=self.epoch,
+            training=training,
+            parts=self.loss_parts.get(term),
+            teacher_outputs=teacher,
+            student_outputs=student,
+        )
+        return loss(teacher[loss.teacher_key], student[loss.student_key], context=context)
 
     # -- Keras plumbing ---------------------------------------------------------
 
     def call(self, inputs, training=None, features=False):
         """Student logits; with `features=True`, a dict of logits and taps."""
         if self.student_view is None:
-            logits = self.student(inputs, training=training)
+            logits = self.student_logits(inputs, training=training)
             return {LOGITS: logits} if features else logits
         outputs = self.student_view(inputs, training=training)
         return outputs if features else outputs[LOGITS]
 
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
+        """Like `keras.Model.compile`; `loss` is refused (the distiller owns its
+        objective) and `metrics` are extra metrics of the student's logits."""
+        if loss is not None:
+            raise ValueError(f"{type(self).__name__} computes its own loss; call compile() without `loss=`.")
+        if kwargs.get("weighted_metrics") is not None or kwargs.get("loss_weights") is not None:
+            raise ValueError(f"{type(self).__name__} does not support weighted_metrics or loss_weights.")
+        if metrics and is_multi_worker():
+            raise ValueError(
+                "compile(metrics=...) is not supported under MultiWorkerMirroredStrategy; "
+                "the distiller already reports `accuracy` and every loss term."
+            )
+        self.extra_metrics = [_metric(m) for m in (metrics or [])]
+        self.metric_identifiers = [m for m in (metrics or []) if isinstance(m, str)]
+        super().compile(optimizer=optimizer, **kwargs)
+
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        if config is not None and getattr(self, "metric_identifiers", None):
+            config["metrics"] = list(self.metric_identifiers)
+        return config
+
+    def compile_from_config(self, config):
+        """Re-compiles after `keras.models.load_model` (optimizer state included)."""
+        config = keras.saving.deserialize_keras_object(config)
+        keys = ("optimizer", "metrics", "run_eagerly", "steps_per_execution", "jit_compile")
+        self.compile(**{key: config[key] for key in keys if config.get(key) is not None})
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    def fit(self, *args, callbacks=None, **kwargs):
+        return super().fit(*args, callbacks=[*(callbacks or []), TrainingGuard()], **kwargs)
+
+    def evaluate(self, *args, callbacks=None, **kwargs):
+        return super().evaluate(*args, callbacks=[*(callbacks or []), TrainingGuard()], **kwargs)
+
     @property
     def metrics(self):
-        metrics = [
+        return [
             self.loss_tracker,
             *self.term_trackers.values(),
             self.accuracy_tracker,
             *self.output_accuracy_trackers.values(),
+            *self.extra_metrics,
         ]
-        if self.compiled and self._compile_metrics is not None:
-            metrics.append(self._compile_metrics)
-        return metrics
 
     def train_step(self, data):
         x, y = self._unpack(data)
+        y, labels_ok, bad_label = self._checked_labels(y)
+        state = self.forward_state()
+        saved = [tf.identity(variable.value) for variable in state]
         with tf.GradientTape() as tape:
             outputs = self(x, training=True, features=True)
             terms = self.compute_terms(x, y, outputs, training=True)
             total = self._total(terms)
-            regularization = self.student.losses  # weight penalties; the teacher's are constants
+            regularization = self.trainable_losses()
             if regularization:
                 total = total + ops.cast(ops.sum(regularization), "float32")
             # Gradients of the mean over the GLOBAL batch: divide by replicas.
@@ -178,14 +346,79 @@ class BaseDistiller(keras.Model):
             scaled = self.optimizer.scale_loss(scaled)
         variables = self.trainable_variables
         gradients = tape.gradient(scaled, variables)
-        self.optimizer.apply_gradients(zip(gradients, variables, strict=False))
+        ok = self._record(terms, labels_ok, bad_label)
+        _compat.apply_gradients_if(self.optimizer, ok, gradients, variables)
+        for variable, value in zip(state, saved, strict=True):  # e.g. BatchNorm statistics of a refused step
+            variable.assign(ops.where(ok, variable.value, value))
         return self._update_metrics(y, outputs, terms, total)
 
     def test_step(self, data):
         x, y = self._unpack(data)
+        y, labels_ok, bad_label = self._checked_labels(y)
         outputs = self(x, training=False, features=True)
         terms = self.compute_terms(x, y, outputs, training=False)
+        self._record(terms, labels_ok, bad_label)
         return self._update_metrics(y, outputs, terms, self._total(terms))
+
+    def forward_state(self) -> list:
+        """Non-trainable variables the training forward pass may change (BatchNorm
+        statistics of the trained networks and loss parts): restored when a
+        step is refused."""
+        variables = list(self.student.non_trainable_weights)
+        for part in self.loss_parts.values():
+            variables += part.non_trainable_weights
+        unique = {id(v): v for v in variables if v.trainable is False}
+        return list(unique.values())
+
+    def trainable_losses(self) -> list:
+        """Weight penalties of the trained networks (the teacher's are constants)."""
+        return list(self.student.losses)
+
+    # -- checks -----------------------------------------------------------------
+
+    def raise_if_failed(self) -> None:
+        """Raises the error a refused step recorded (and clears the record)."""
+        code, step, label = (int(v) for v in np.asarray(self.failure.numpy()))
+        if code == _NO_FAILURE:
+            return
+        self.failure.assign(np.array([_NO_FAILURE, 0, 0], "int64"))
+        self.stop_training = True
+        if code == _BAD_LABEL:
+            raise LabelRangeError(label, self.num_classes, step)
+        raise NonFiniteLossError(self.term_names[code], step)
+
+    def _checked_labels(self, y):
+        """(labels clipped into range, all-in-range flag, first bad label)."""
+        if not self.check_labels:
+            return y, ops.convert_to_tensor(True), ops.convert_to_tensor(0, "int64")
+        y64 = ops.cast(y, "int64")
+        bad = ops.logical_or(y64 < 0, y64 >= self.num_classes)
+        any_bad = ops.any(bad)
+        bad_label = ops.max(ops.where(bad, y64, ops.cast(-(2**62), "int64")))
+        return ops.clip(y, 0, self.num_classes - 1), ops.logical_not(any_bad), bad_label
+
+    def _record(self, terms: list[LossTerm], labels_ok, bad_label):
+        """All-reduces the checks over replicas, records the first failure and
+        returns whether the step may be applied."""
+        names = [term.name for term in terms]
+        finite = [
+            ops.cast(ops.all(ops.isfinite(term.value)) if self.check_finite else True, "float32") for term in terms
+        ]
+        flags = ops.stack([ops.cast(labels_ok, "float32"), *finite])
+        bad_label = ops.cast(bad_label, "float32")
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            flags = context.all_reduce(tf.distribute.ReduceOp.MIN, flags)
+            bad_label = context.all_reduce(tf.distribute.ReduceOp.MAX, bad_label)
+        ok = ops.all(flags > 0.5)
+        term_index = ops.argmin(flags[1:])
+        indices = ops.convert_to_tensor([self.term_names.index(n) for n in names], "int64")
+        code = ops.where(flags[0] < 0.5, ops.cast(_BAD_LABEL, "int64"), ops.take(indices, term_index))
+        step = self.optimizer.iterations if getattr(self, "optimizer", None) is not None else 0
+        record = ops.stack([ops.cast(code, "int64"), ops.cast(step, "int64"), ops.cast(bad_label, "int64")])
+        fresh = ops.logical_and(ops.logical_not(ok), self.failure[0] == _NO_FAILURE)
+        self.failure.assign(ops.where(fresh, record, self.failure))
+        return ok
 
     # -- helpers ----------------------------------------------------------------
 
@@ -198,10 +431,6 @@ class BaseDistiller(keras.Model):
             )
         if y is None:
             raise ValueError(f"{type(self).__name__} needs labels: feed (images, labels) batches.")
-        if self._compile_loss is not None:
-            raise ValueError(
-                f"{type(self).__name__} computes its own loss; call compile() without `loss=`."
-            )
         y = ops.convert_to_tensor(y)
         if len(y.shape) == 2 and y.shape[-1] == 1:
             y = ops.squeeze(y, axis=-1)
@@ -212,31 +441,10 @@ class BaseDistiller(keras.Model):
             )
         if not y.dtype.is_integer:
             y = ops.cast(y, "int32")
-        if self.check_labels:
-            message = f"labels must lie in [0, {self.num_classes}) (the model's class count)"
-            checks = [
-                tf.debugging.assert_non_negative(y, message=message),
-                tf.debugging.assert_less(y, ops.cast(self.num_classes, y.dtype), message=message),
-            ]
-            with tf.control_dependencies(checks):  # fail before the loss sees the label
-                y = tf.identity(y)
         return x, y
 
     def _total(self, terms: list[LossTerm]):
-        checks = []
-        if self.check_finite:
-            optimizer = getattr(self, "optimizer", None)  # None before compile()
-            step = optimizer.iterations if optimizer is not None else -1
-            checks = [
-                tf.debugging.Assert(
-                    tf.reduce_all(tf.math.is_finite(term.value)),
-                    [f"keras_kd: loss term {term.name} is not finite (NaN/Inf) at step", step],
-                    name=f"check_finite_{term.name}",
-                )
-                for term in terms
-            ]
-        with tf.control_dependencies(checks):  # no update from a non-finite loss
-            return ops.sum(ops.stack([term.weight * term.value for term in terms if term.weight]))
+        return ops.sum(ops.stack([term.weight * term.value for term in terms if term.weight]))
 
     def _update_metrics(self, y, outputs: dict, terms, total):
         self.loss_tracker.update_state(total)
@@ -245,11 +453,10 @@ class BaseDistiller(keras.Model):
         self.accuracy_tracker.update_state(y, outputs[LOGITS])
         for key, tracker in self.output_accuracy_trackers.items():
             tracker.update_state(y, outputs[key])
-        if self._compile_metrics is not None:
-            self._compile_metrics.update_state(y, outputs[LOGITS])
-        results = self.get_metrics_result()
+        for metric in self.extra_metrics:
+            metric.update_state(y, outputs[LOGITS])
+        results = {metric.name: metric.result() for metric in self.metrics}
         if is_multi_worker():
             # Keras reduces step outputs over axis 0 across workers: scalars fail.
             results = {name: ops.reshape(value, (1,)) for name, value in results.items()}
         return results
-

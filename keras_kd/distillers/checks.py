@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+from keras import ops
+
+from keras_kd._compat import built_input_shape
 
 
 def model_io(model: keras.Model, role: str) -> tuple[tuple | None, int]:
@@ -28,8 +31,8 @@ def model_io(model: keras.Model, role: str) -> tuple[tuple | None, int]:
                 f"it returns {len(outputs)} outputs."
             )
         output_shape = tuple(outputs[0].shape)
-    elif model.built and input_shape is None and _build_input_shape(model) is not None:
-        input_shape = _build_input_shape(model)
+    elif model.built and input_shape is None and built_input_shape(model) is not None:
+        input_shape = built_input_shape(model)
         output_shape = tuple(model(np.zeros((1, *input_shape), "float32"), training=False).shape)
     else:
         raise ValueError(
@@ -43,15 +46,6 @@ def model_io(model: keras.Model, role: str) -> tuple[tuple | None, int]:
             f"its output shape is {output_shape}."
         )
     return input_shape, int(output_shape[-1])
-
-
-def _build_input_shape(model: keras.Model) -> tuple | None:
-    shapes = getattr(model, "_build_shapes_dict", None) or {}
-    if len(shapes) == 1:
-        shape = next(iter(shapes.values()))
-        if shape is not None and len(shape) > 1:
-            return tuple(shape[1:])
-    return None
 
 
 def check_teacher_student(teacher: keras.Model, student: keras.Model) -> tuple[tuple | None, int]:
@@ -94,3 +88,82 @@ def freeze(model: keras.Model) -> keras.Model:
     """Marks a teacher non-trainable so no optimizer ever updates it."""
     model.trainable = False
     return model
+
+
+_PROBABILITY_ACTIVATIONS = ("softmax", "sigmoid")
+
+
+def _activation_name(layer) -> str | None:
+    if isinstance(layer, keras.layers.Softmax):
+        return "softmax"
+    activation = getattr(layer, "activation", None)
+    name = getattr(activation, "__name__", None) if activation is not None else None
+    return name if name in _PROBABILITY_ACTIVATIONS else None
+
+
+class PreActivation(keras.layers.Layer):
+    """Calls a Dense/Conv layer with its fused activation switched off: the
+    logits of a classifier whose last layer applies softmax/sigmoid, from the
+    same weights (they stay the wrapped layer's)."""
+
+    def __init__(self, layer: keras.layers.Layer, **kwargs):
+        super().__init__(**kwargs)
+        self.layer = layer
+
+    def call(self, inputs):
+        activation = self.layer.activation
+        self.layer.activation = keras.activations.linear
+        try:
+            return self.layer(inputs)
+        finally:
+            self.layer.activation = activation
+
+
+def _output_layer(model: keras.Model):
+    output = model.outputs[0]
+    for layer in reversed(model.layers):
+        if layer.output is output:
+            return layer
+    return None
+
+
+def logits_model(model: keras.Model, role: str) -> keras.Model:
+    """`model` itself when it returns logits; for a Functional/Sequential model
+    whose last layer applies softmax or sigmoid (e.g. `keras.applications`
+    classifiers), a view of the same layers that returns the values BEFORE
+    that activation. Outputs that are probabilities anyway (rows on the
+    simplex) raise a clear error."""
+    if getattr(model, "outputs", None) and len(model.outputs) == 1:
+        layer = _output_layer(model)
+        name = _activation_name(layer) if layer is not None else None
+        if name is not None:
+            if isinstance(layer, (keras.layers.Activation, keras.layers.Softmax)):
+                logits = layer.input
+            elif hasattr(layer, "activation") and hasattr(layer, "input"):
+                logits = PreActivation(layer, name=f"{layer.name}_logits")(layer.input)
+            else:  # pragma: no cover - every Keras layer with `activation` has an input
+                logits = None
+            if logits is not None:
+                return keras.Model(model.inputs, logits, name=f"{model.name}_logits")
+    _refuse_probabilities(model, role)
+    return model
+
+
+def _refuse_probabilities(model: keras.Model, role: str) -> None:
+    inputs = getattr(model, "inputs", None)
+    shape = tuple(inputs[0].shape[1:]) if inputs else built_input_shape(model)
+    if shape is None or any(d is None for d in shape):
+        return
+    probe = np.random.default_rng(0).normal(size=(2, *shape)).astype("float32")
+    outputs = model(probe, training=False)
+    if isinstance(outputs, (dict, list, tuple)):
+        return
+    outputs = ops.convert_to_numpy(ops.cast(outputs, "float32"))
+    if outputs.ndim == 2 and outputs.shape[-1] > 1:
+        simplex = np.all(outputs >= 0) and np.allclose(outputs.sum(-1), 1.0, atol=1e-3)
+        if simplex:
+            raise ValueError(
+                f"The {role} {model.name!r} returns probabilities (its outputs are non-negative and sum to 1), "
+                "but distillation needs logits and the activation cannot be removed from its graph. Build it "
+                "without the final softmax (keras.applications: classifier_activation=None)."
+            )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import keras
+from keras import ops
 
 from keras_kd.distillers.base import (
     BaseDistiller,
@@ -12,13 +13,15 @@ from keras_kd.distillers.base import (
     check_weights,
     cross_entropy,
     deserialize_entries,
+    output_shapes,
+    reject_positional,
 )
-from keras_kd.distillers.checks import check_teacher_student, freeze
-from keras_kd.losses.base import check_positive
+from keras_kd.distillers.checks import check_teacher_student, freeze, logits_model
+from keras_kd.losses.base import LOGITS, check_positive
 from keras_kd.losses.embedding import EmbeddingMimicryLoss
 from keras_kd.losses.soft_target import SoftTargetLoss
 from keras_kd.models.multibranch import branch_names, embedding_name, num_branches_of
-from keras_kd.taps import LOGITS, tap_model
+from keras_kd.taps import tap_model
 
 
 def per_teacher(name: str, value, count: int) -> list[float]:
@@ -43,14 +46,17 @@ class EnsembleDistiller(BaseDistiller):
     ```
     L_i = ce_weight * CE(y, z_i) + alpha_i * T_i^2 * KL(p^T_i(t_i) || p^T_i(z_i))
           + beta_i * || l2n(phi_i(h_i)) - l2n(g_i) ||^2
-    L   = ensemble_weight * CE(y, z_bar) + (1/N) * sum_i L_i
+    L   = ensemble_weight * CE(y, z_bar) + s * sum_i L_i,   s = 1/N ("mean") or 1 ("sum")
     ```
 
     `h_i`/`g_i` are the pooled embeddings of branch i and teacher i; `phi_i` is
-    a trainable bias-free Dense adapter, created only where their widths
-    differ and owned by the distiller (never exported with the student). Any
-    term is switched off by a zero weight; with every `beta_i = 0` no
-    embedding is read at all. Teachers may differ in architecture and size.
+    a trainable bias-free Dense adapter (`keras_kd.losses.EmbeddingMimicryLoss`
+    part), created where their widths differ (`embedding_adapter="if_needed"`)
+    or for every branch (`"always"`), owned by the distiller and never
+    exported with the student. The soft-target and embedding terms are the
+    library's `SoftTargetLoss` and `EmbeddingMimicryLoss` objects. Any term
+    is switched off by a zero weight; with every `beta_i = 0` no embedding is
+    read at all. Teachers may differ in architecture and size.
 
     Teachers run online, once per step each, or not at all when the batches
     come from a teacher-output cache (`keras_kd.data.load(...,
@@ -65,12 +71,15 @@ class EnsembleDistiller(BaseDistiller):
     and `branch{i}_accuracy`.
 
     Args:
-        student: a multi-branch student with one branch per teacher.
         teachers: trained models returning logits for the same classes.
+        student: a multi-branch student with one branch per teacher.
         temperature, alpha, beta: one value for all teachers or one per teacher.
         ce_weight: weight of each branch's hard-label cross-entropy.
         ensemble_weight: weight of the cross-entropy of the ensemble output.
         embedding_layer: layer of every teacher holding its pooled embedding.
+        embedding_adapter: `"if_needed"` (default) or `"always"`, see above.
+        branch_weighting: `"mean"` (default, our reading: each branch's terms
+            scaled by 1/N) or `"sum"` (no scaling).
 
     Example:
 
@@ -78,7 +87,7 @@ class EnsembleDistiller(BaseDistiller):
     >>> from keras_kd import models
     >>> teachers = [models.get(name, (28, 28, 1), 10) for name in ("resnet8", "cnn")]
     >>> student = models.multibranch("resnet8", 2, (28, 28, 1), 10)
-    >>> distiller = EnsembleDistiller(student, teachers, temperature=4.0)
+    >>> distiller = EnsembleDistiller(teachers=teachers, student=student, temperature=4.0)
     >>> distiller.compile(optimizer="sgd")
     >>> x, y = np.random.rand(4, 28, 28, 1).astype("float32"), np.arange(4)
     >>> history = distiller.fit(x, y, epochs=1, verbose=0)
@@ -88,18 +97,26 @@ class EnsembleDistiller(BaseDistiller):
 
     def __init__(
         self,
-        student: keras.Model,
-        teachers: Sequence[keras.Model],
+        *args,
+        teachers: Sequence[keras.Model] | None = None,
+        student: keras.Model | None = None,
         temperature: float | Sequence[float] = 4.0,
         alpha: float | Sequence[float] = 1.0,
         beta: float | Sequence[float] = 1.0,
         ce_weight: float = 1.0,
         ensemble_weight: float = 1.0,
         embedding_layer: str = "embedding",
+        embedding_adapter: str = "if_needed",
+        branch_weighting: str = "mean",
         check_finite: bool = True,
         check_labels: bool = True,
         **kwargs,
     ):
+        reject_positional("EnsembleDistiller", args, "teachers=[...], student=...")
+        if not teachers or student is None:
+            raise TypeError("EnsembleDistiller needs `teachers=[...]` (at least one) and `student=`.")
+        if branch_weighting not in ("mean", "sum"):
+            raise ValueError(f"`branch_weighting` must be 'mean' or 'sum', got {branch_weighting!r}.")
         teachers = list(teachers)
         branches = branch_names(num_branches_of(student))
         if len(teachers) != len(branches):
@@ -131,8 +148,8 @@ class EnsembleDistiller(BaseDistiller):
         taps = list(branches) + ([embedding_name(b) for b in branches] if self.uses_embeddings else [])
         kwargs.setdefault("name", "ensemble_distiller")
         super().__init__(
-            student,
-            num_classes,
+            student=student,
+            num_classes=num_classes,
             term_names=names,
             student_taps=taps,
             check_finite=check_finite,
@@ -148,30 +165,41 @@ class EnsembleDistiller(BaseDistiller):
         self.ce_weight = weights["ce_weight"]
         self.ensemble_weight = weights["ensemble_weight"]
         self.embedding_layer = embedding_layer
-        self.kd_losses = [SoftTargetLoss(t) for t in temperatures]
-        self.embedding_loss = EmbeddingMimicryLoss()
-        self.teacher_views = [
-            tap_model(teacher, [embedding_layer]) if self.uses_embeddings else None for teacher in teachers
+        self.embedding_adapter = embedding_adapter
+        self.branch_weighting = branch_weighting
+        self.kd_losses = [SoftTargetLoss(t, student_layer_name=branch) for t, branch in zip(temperatures, branches, strict=True)]
+        self.embedding_losses = [
+            EmbeddingMimicryLoss(
+                adapter=embedding_adapter, teacher_layer_name=embedding_layer, student_layer_name=embedding_name(branch)
+            )
+            for branch in branches
         ]
-        self.adapters = self._build_adapters() if self.uses_embeddings else {}
+        teacher_logits = [logits_model(teacher, f"teacher {i}") for i, teacher in enumerate(teachers, start=1)]
+        self.teacher_views = [
+            tap_model(model, [embedding_layer]) if self.uses_embeddings else model for model in teacher_logits
+        ]
+        student_shapes = output_shapes(self.student_view, self.student_logits)
+        for i, (branch, view) in enumerate(zip(branches, self.teacher_views, strict=True), start=1):
+            teacher_shapes = output_shapes(view if self.uses_embeddings else None, view)
+            label = f"teacher {i} ({teachers[i - 1].name})"
+            self.bind_loss(f"{branch}_kd_loss", self.kd_losses[i - 1], teacher_shapes, student_shapes, label)
+            if self.uses_embeddings:
+                self.bind_loss(
+                    f"{branch}_embedding_loss", self.embedding_losses[i - 1], teacher_shapes, student_shapes, label
+                )
         self.mark_built()
 
-    def _build_adapters(self) -> dict:
-        adapters = {}
-        for branch, view in zip(self.branches, self.teacher_views, strict=True):
-            student_shape = tuple(self.student_view.output[embedding_name(branch)].shape)
-            teacher_shape = tuple(view.output[self.embedding_layer].shape)
-            if len(student_shape) != 2 or len(teacher_shape) != 2:
-                raise ValueError(
-                    f"Embedding mimicry needs pooled (batch, dim) embeddings: {branch} gives {student_shape}, "
-                    f"the teacher's {self.embedding_layer!r} layer gives {teacher_shape}. Pick a pooled layer "
-                    "with `embedding_layer` or set beta=0."
-                )
-            adapter = self.embedding_loss.build_adapter(student_shape, teacher_shape, name=f"adapter_{branch}")
-            if adapter is not None:
-                adapter.build(student_shape)
-                adapters[branch] = adapter
-        return adapters
+    def deliverables(self) -> dict:
+        from keras_kd.models.multibranch import extract_branch
+
+        branches = {f"branch{i}": extract_branch(self.student, i) for i in range(1, self.num_teachers + 1)}
+        return {"student": self.student, **branches}
+
+    def projector_taps(self) -> list:
+        taps = [("projector", self.student, [embedding_name(b) for b in self.branches])]
+        # The paper's t-SNE compares the student's embeddings with its teachers'.
+        taps += [(f"projector_teacher{i}", t, [self.embedding_layer]) for i, t in enumerate(self.teachers, start=1)]
+        return taps
 
     @property
     def num_teachers(self) -> int:
@@ -183,7 +211,7 @@ class EnsembleDistiller(BaseDistiller):
         return super().call(inputs, training=training, features=features)
 
     def teacher_outputs(self, x) -> list[dict]:
-        """Per teacher `{"logits": ..., "embedding": ...}`: from the cache
+        """Per teacher `{"logits": ..., embedding_layer: ...}`: from the cache
         columns when `x` is a cache batch, otherwise one inference pass each."""
         if isinstance(x, dict):
             cached_teachers = sum(1 for key in x if key.startswith("teacher") and key.endswith("_logits"))
@@ -194,12 +222,10 @@ class EnsembleDistiller(BaseDistiller):
                 )
             return [self._cached(x, index) for index in range(1, self.num_teachers + 1)]
         outputs = []
-        for teacher, view in zip(self.teachers, self.teacher_views, strict=True):
-            if view is None:
-                outputs.append({LOGITS: teacher(x, training=False)})
-            else:
-                values = view(x, training=False)
-                outputs.append({LOGITS: values[LOGITS], "embedding": values[self.embedding_layer]})
+        for view in self.teacher_views:
+            values = view(x, training=False)
+            values = dict(values) if isinstance(values, dict) else {LOGITS: values}
+            outputs.append({key: ops.stop_gradient(value) for key, value in values.items()})
         return outputs
 
     def _cached(self, x: dict, index: int) -> dict:
@@ -207,7 +233,7 @@ class EnsembleDistiller(BaseDistiller):
 
         wanted = {LOGITS: output_key(index, "logits")}
         if self.uses_embeddings:
-            wanted["embedding"] = output_key(index, "embedding")
+            wanted[self.embedding_layer] = output_key(index, "embedding")
         missing = [key for key in wanted.values() if key not in x]
         if missing:
             raise ValueError(
@@ -218,20 +244,17 @@ class EnsembleDistiller(BaseDistiller):
 
     def compute_terms(self, x, y, student_outputs, training):
         teachers = self.teacher_outputs(x)
-        share = 1.0 / self.num_teachers
+        share = 1.0 / self.num_teachers if self.branch_weighting == "mean" else 1.0
         terms = [LossTerm("ensemble_ce_loss", self.ensemble_weight, cross_entropy(y, student_outputs[LOGITS]))]
         for i, (branch, teacher) in enumerate(zip(self.branches, teachers, strict=True)):
-            logits = student_outputs[branch]
-            terms.append(LossTerm(f"{branch}_ce_loss", share * self.ce_weight, cross_entropy(y, logits)))
-            terms.append(
-                LossTerm(f"{branch}_kd_loss", share * self.alphas[i], self.kd_losses[i](teacher[LOGITS], logits))
-            )
+            terms.append(LossTerm(f"{branch}_ce_loss", share * self.ce_weight, cross_entropy(y, student_outputs[branch])))
+            name = f"{branch}_kd_loss"
+            value = self.loss_value(name, self.kd_losses[i], teacher, student_outputs, y, training)
+            terms.append(LossTerm(name, share * self.alphas[i], value))
             if self.uses_embeddings:
-                embedding = student_outputs[embedding_name(branch)]
-                if branch in self.adapters:
-                    embedding = self.adapters[branch](embedding)
-                value = self.embedding_loss(teacher["embedding"], embedding)
-                terms.append(LossTerm(f"{branch}_embedding_loss", share * self.betas[i], value))
+                name = f"{branch}_embedding_loss"
+                value = self.loss_value(name, self.embedding_losses[i], teacher, student_outputs, y, training)
+                terms.append(LossTerm(name, share * self.betas[i], value))
         return terms
 
     def build_cache(self, images, preprocess, path, batch_size: int = 256, verbose: int = 1):
@@ -256,14 +279,16 @@ class EnsembleDistiller(BaseDistiller):
 
     def get_config(self) -> dict:
         return {
-            "student": keras.saving.serialize_keras_object(self.student),
             "teachers": [keras.saving.serialize_keras_object(t) for t in self.teachers],
+            "student": keras.saving.serialize_keras_object(self.student),
             "temperature": self.temperatures,
             "alpha": self.alphas,
             "beta": self.betas,
             "ce_weight": self.ce_weight,
             "ensemble_weight": self.ensemble_weight,
             "embedding_layer": self.embedding_layer,
+            "embedding_adapter": self.embedding_adapter,
+            "branch_weighting": self.branch_weighting,
             "check_finite": self.check_finite,
             "check_labels": self.check_labels,
             "name": self.name,
@@ -271,6 +296,4 @@ class EnsembleDistiller(BaseDistiller):
 
     @classmethod
     def from_config(cls, config: dict) -> EnsembleDistiller:
-        config = deserialize_entries(config, ("student",))
-        config["teachers"] = [keras.saving.deserialize_keras_object(t) for t in config["teachers"]]
-        return cls(**config)
+        return cls(**deserialize_entries(config, ("student", "teachers")))

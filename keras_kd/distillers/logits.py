@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import keras
 from keras import ops
 
@@ -11,171 +13,179 @@ from keras_kd.distillers.base import (
     check_weights,
     cross_entropy,
     deserialize_entries,
+    output_shapes,
+    reject_positional,
 )
-from keras_kd.distillers.checks import check_teacher_student, freeze
-from keras_kd.distillers.features import FeatureTerm, term_names
-from keras_kd.losses.base import DistillationLoss
+from keras_kd.distillers.checks import check_teacher_student, freeze, logits_model
+from keras_kd.losses.base import LOGITS, DistillationLoss
 from keras_kd.losses.soft_target import SoftTargetLoss
-from keras_kd.taps import LOGITS, tap_model
+from keras_kd.taps import tap_model
+
+
+def term_names(losses: Sequence[DistillationLoss]) -> list[str]:
+    """Unique metric names for `losses`, in order (a shared default name is
+    suffixed with the student layer)."""
+    defaults = [loss.name for loss in losses]
+    names = []
+    for loss, default in zip(losses, defaults, strict=True):
+        name = default
+        if defaults.count(default) > 1 and loss.name == loss.metric_name:
+            name = f"{default}_{loss.student_key}"
+        if name in names or name in ("student_loss", "loss"):
+            raise ValueError(f"Two distillation losses share the metric name {name!r}; give them `name=`.")
+        names.append(name)
+    return names
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
 class Distiller(BaseDistiller):
     """Knowledge distillation from a frozen teacher, inside `model.fit`.
 
-    Loss: `ce_weight * CE(y, z_s) + alpha * T^2 * KL(p^T(z_t) || p^T(z_s))
-    + sum_i weight_i * feature_loss_i(teacher_tap_i, student_tap_i)`, with
-    `ce_weight = 1 - alpha` unless given (Hinton, Vinyals, Dean, "Distilling
-    the Knowledge in a Neural Network", 2015). Feature terms (FitNet hints,
-    attention transfer, locality-preserving loss, ...) read named layers of
-    the teacher and the student from the SAME forward pass that produces the
-    logits: each network runs exactly once per step, whatever the number of
-    terms (unlike `keras.distillation.Distiller`, which runs the student
-    twice). Trainable adapters a loss needs (the FitNet regressor) are
-    created here, trained with the student and saved with the distiller,
+    Loss: `student_loss_weight * CE(y, z_s) + sum_i w_i * loss_i(teacher, student)`
+    where each `loss_i` is a `keras_kd.losses.DistillationLoss` reading the
+    logits or a named layer of each network (Hinton KD: `SoftTargetLoss`,
+    Hinton, Vinyals, Dean 2015; FitNet: `HintLoss`; attention transfer;
+    locality-preserving embedding; any Keras loss through `FeatureLoss`).
+    Every loss reads its outputs from the SAME forward pass: each network
+    runs exactly once per step, whatever the number of terms (unlike
+    `keras.distillation.Distiller`, which runs the student twice with feature
+    losses). Trainable parts a loss declares (the FitNet regressor) are
+    created here, trained with the student, saved with the distiller and
     never added to the student.
 
     The teacher runs with `training=False` and no gradient, so its weights
-    and BatchNorm statistics never change. `call()` returns the student's
-    logits: `predict`, `evaluate` and `export` act on the student.
+    and BatchNorm statistics never change. A teacher or student whose last
+    layer applies softmax/sigmoid (`keras.applications` classifiers) is read
+    BEFORE that activation. `call()` returns the student's logits:
+    `predict`, `evaluate` and `export` act on the student.
 
-    Metrics: `loss` (weighted total), `student_loss` (CE),
-    `distillation_loss` (soft-target term, unweighted), one per feature term
-    (`hint_loss`, `at_loss`, `lp_loss`, ...) and `accuracy` (student top-1),
-    every step and epoch, in History and TensorBoard.
+    Coming from `keras.distillation`: same keywords (`teacher`, `student`,
+    `distillation_losses`, `distillation_loss_weights`,
+    `student_loss_weight`); weights are absolute (FitNet's 100, AT's 1000 as
+    published) rather than `(1 - student_loss_weight) * sum(w_i * loss_i)`,
+    and the student loss is always cross-entropy from logits (no `compile(loss=)`).
+
+    Metrics: `loss` (weighted total), `student_loss` (CE), one per
+    distillation loss (`distillation_loss`, `hint_loss`, `at_loss`, ...;
+    unweighted) and `accuracy` (student top-1), every step and epoch.
 
     Args:
-        student: model to train; returns logits.
         teacher: trained model returning logits for the same classes.
-        temperature: softmax temperature `T` (> 0).
-        alpha: weight of the soft-target term.
-        ce_weight: weight of the hard-label cross-entropy; `None` = `1 - alpha`.
-        distillation_loss: a `keras_kd.losses` object called as
-            `loss(teacher_logits, student_logits)`; default
-            `SoftTargetLoss(temperature)`.
-        features: `keras_kd.FeatureTerm`s. Taps are layer names, so the
-            models must be Functional/Sequential when features are used
-            (logit distillation works with any model).
+        student: model to train; returns logits.
+        distillation_losses: one loss or a list; default
+            `SoftTargetLoss(temperature=4.0)` at weight 0.9.
+        distillation_loss_weights: one weight per loss (>= 0); default 1.0
+            each (0.9 for the default loss).
+        student_loss_weight: weight of the hard-label cross-entropy (>= 0).
+        check_finite, check_labels: see `BaseDistiller`.
 
     Example:
 
-    >>> import keras, numpy as np
-    >>> from keras_kd import Distiller, models
+    >>> import numpy as np
+    >>> from keras_kd import Distiller, losses, models
     >>> teacher = models.get("resnet8", (28, 28, 1), 10)
     >>> student = models.get("cnn", (28, 28, 1), 10)
-    >>> distiller = Distiller(student, teacher, temperature=4.0, alpha=0.9)
+    >>> distiller = Distiller(
+    ...     teacher=teacher, student=student,
+    ...     distillation_losses=[losses.SoftTargetLoss(temperature=4.0),
+    ...                          losses.AttentionTransferLoss(teacher_layer_name="stage2",
+    ...                                                       student_layer_name="stage2")],
+    ...     distillation_loss_weights=[0.9, 1000.0], student_loss_weight=0.1)
     >>> distiller.compile(optimizer="adam")
     >>> x = np.random.rand(8, 28, 28, 1).astype("float32")
-    >>> y = np.arange(8) % 10
-    >>> history = distiller.fit(x, y, epochs=1, verbose=0)
+    >>> history = distiller.fit(x, np.arange(8) % 10, epochs=1, verbose=0)
     >>> sorted(history.history)
-    ['accuracy', 'distillation_loss', 'loss', 'student_loss']
+    ['accuracy', 'at_loss', 'distillation_loss', 'loss', 'student_loss']
     """
 
     def __init__(
         self,
-        student: keras.Model,
-        teacher: keras.Model,
-        temperature: float = 4.0,
-        alpha: float = 0.9,
-        ce_weight: float | None = None,
-        distillation_loss: DistillationLoss | None = None,
-        features: list[FeatureTerm] | None = None,
+        *args,
+        teacher: keras.Model | None = None,
+        student: keras.Model | None = None,
+        distillation_losses: DistillationLoss | Sequence[DistillationLoss] | None = None,
+        distillation_loss_weights: float | Sequence[float] | None = None,
+        student_loss_weight: float = 0.1,
         check_finite: bool = True,
         check_labels: bool = True,
         **kwargs,
     ):
+        reject_positional("Distiller", args, "teacher=..., student=...")
+        if teacher is None or student is None:
+            raise TypeError("Distiller needs both `teacher=` and `student=`.")
         _, num_classes = check_teacher_student(teacher, student)
-        if distillation_loss is None:
-            distillation_loss = SoftTargetLoss(temperature)
-        elif not isinstance(distillation_loss, DistillationLoss):
-            raise TypeError(
-                "`distillation_loss` must be a keras_kd.losses.DistillationLoss, "
-                f"got {type(distillation_loss).__name__}."
+        default = distillation_losses is None
+        if default:
+            distillation_losses = [SoftTargetLoss(temperature=4.0)]
+        elif isinstance(distillation_losses, DistillationLoss):
+            distillation_losses = [distillation_losses]
+        distillation_losses = list(distillation_losses)
+        for loss in distillation_losses:
+            if not isinstance(loss, DistillationLoss):
+                raise TypeError(
+                    "`distillation_losses` must hold keras_kd.losses.DistillationLoss objects "
+                    f"(e.g. losses.get('kd')), got {loss!r}."
+                )
+        if distillation_loss_weights is None:
+            distillation_loss_weights = [0.9 if default else 1.0] * len(distillation_losses)
+        elif not isinstance(distillation_loss_weights, (list, tuple)):
+            distillation_loss_weights = [distillation_loss_weights]
+        if len(distillation_loss_weights) != len(distillation_losses):
+            raise ValueError(
+                f"{len(distillation_loss_weights)} distillation_loss_weights for "
+                f"{len(distillation_losses)} distillation_losses: give one weight per loss."
             )
-        features = list(features or [])
-        for term in features:
-            if not isinstance(term, FeatureTerm):
-                raise TypeError(f"`features` must hold keras_kd.FeatureTerm objects, got {term!r}.")
-        feature_names = term_names(features)
+        names = term_names(distillation_losses)
         weights = check_weights(
-            {
-                "alpha": alpha,
-                "ce_weight": 1.0 - alpha if ce_weight is None else ce_weight,
-                **{f"weight of {name}": term.weight for name, term in zip(feature_names, features, strict=True)},
-            }
+            {"student_loss_weight": student_loss_weight}
+            | {f"weight of {name}": w for name, w in zip(names, distillation_loss_weights, strict=True)}
         )
+        teacher_logits = logits_model(teacher, "teacher")
         kwargs.setdefault("name", "distiller")
         super().__init__(
-            student,
-            num_classes,
-            term_names=("student_loss", "distillation_loss", *feature_names),
-            student_taps=[term.student_tap for term in features],
+            student=student,
+            num_classes=num_classes,
+            term_names=("student_loss", *names),
+            student_taps=[loss.student_key for loss in distillation_losses],
             check_finite=check_finite,
             check_labels=check_labels,
             **kwargs,
         )
         self.teacher = freeze(teacher)
-        self.temperature = float(getattr(distillation_loss, "temperature", temperature))
-        self.alpha = weights["alpha"]
-        self.ce_weight = weights["ce_weight"]
-        self.distillation_loss = distillation_loss
-        self.features = features
-        self.feature_names = feature_names
-        self.teacher_view = (
-            tap_model(teacher, [term.teacher_tap for term in features]) if features else None
-        )
-        self.adapters = self._build_adapters()
+        self.student_loss_weight = weights["student_loss_weight"]
+        self.distillation_losses = distillation_losses
+        self.distillation_loss_weights = [weights[f"weight of {name}"] for name in names]
+        self.loss_names = names
+        teacher_taps = [loss.teacher_key for loss in distillation_losses if loss.teacher_key != LOGITS]
+        self.teacher_view = tap_model(teacher_logits, teacher_taps) if teacher_taps else teacher_logits
+        teacher_shapes = output_shapes(self.teacher_view if teacher_taps else None, teacher_logits)
+        student_shapes = output_shapes(self.student_view, self.student_logits)
+        for name, loss in zip(names, distillation_losses, strict=True):
+            self.bind_loss(name, loss, teacher_shapes, student_shapes)
         self.mark_built()
 
-    def _build_adapters(self) -> dict:
-        adapters = {}
-        for name, term in zip(self.feature_names, self.features, strict=True):
-            if term.needs_adapter:
-                student_shape = tuple(self.student_view.output[term.student_tap].shape)
-                teacher_shape = tuple(self.teacher_view.output[term.teacher_tap].shape)
-                adapter = term.loss.build_adapter(student_shape, teacher_shape, name=f"adapter_{name}")
-                if adapter is not None:  # None: shapes already agree
-                    adapter.build(student_shape)
-                    adapters[name] = adapter
-        return adapters
-
     def teacher_outputs(self, x) -> dict:
-        """Teacher logits and feature taps from one inference-mode pass, no gradient."""
-        if self.teacher_view is None:
-            outputs = {LOGITS: self.teacher(x, training=False)}
-        else:
-            outputs = self.teacher_view(x, training=False)
+        """Teacher logits and taps from one inference-mode pass, no gradient."""
+        outputs = self.teacher_view(x, training=False)
+        if not isinstance(outputs, dict):
+            outputs = {LOGITS: outputs}
         return {key: ops.stop_gradient(value) for key, value in outputs.items()}
 
     def compute_terms(self, x, y, student_outputs, training):
-        student_logits = student_outputs[LOGITS]
         teacher = self.teacher_outputs(x)
-        terms = [
-            LossTerm("student_loss", self.ce_weight, cross_entropy(y, student_logits)),
-            LossTerm(
-                "distillation_loss",
-                self.alpha,
-                self.distillation_loss(teacher[LOGITS], student_logits),
-            ),
-        ]
-        for name, term in zip(self.feature_names, self.features, strict=True):
-            student_features = student_outputs[term.student_tap]
-            if name in self.adapters:
-                student_features = self.adapters[name](student_features, training=training)
-            value = term.loss(teacher[term.teacher_tap], student_features)
-            terms.append(LossTerm(name, term.weight, value))
+        terms = [LossTerm("student_loss", self.student_loss_weight, cross_entropy(y, student_outputs[LOGITS]))]
+        for name, loss, weight in zip(self.loss_names, self.distillation_losses, self.distillation_loss_weights,
+                                      strict=True):
+            terms.append(LossTerm(name, weight, self.loss_value(name, loss, teacher, student_outputs, y, training)))
         return terms
 
     def get_config(self) -> dict:
         return {
-            "student": keras.saving.serialize_keras_object(self.student),
             "teacher": keras.saving.serialize_keras_object(self.teacher),
-            "temperature": self.temperature,
-            "alpha": self.alpha,
-            "ce_weight": self.ce_weight,
-            "distillation_loss": keras.saving.serialize_keras_object(self.distillation_loss),
-            "features": [keras.saving.serialize_keras_object(term) for term in self.features],
+            "student": keras.saving.serialize_keras_object(self.student),
+            "distillation_losses": [keras.saving.serialize_keras_object(loss) for loss in self.distillation_losses],
+            "distillation_loss_weights": self.distillation_loss_weights,
+            "student_loss_weight": self.student_loss_weight,
             "check_finite": self.check_finite,
             "check_labels": self.check_labels,
             "name": self.name,
@@ -183,8 +193,4 @@ class Distiller(BaseDistiller):
 
     @classmethod
     def from_config(cls, config: dict) -> Distiller:
-        config = deserialize_entries(config, ("student", "teacher", "distillation_loss"))
-        config["features"] = [
-            keras.saving.deserialize_keras_object(term) for term in config.get("features") or []
-        ]
-        return cls(**config)
+        return cls(**deserialize_entries(config, ("student", "teacher", "distillation_losses")))

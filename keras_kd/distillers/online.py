@@ -14,8 +14,10 @@ from keras_kd.distillers.base import (
     check_weights,
     cross_entropy,
     deserialize_entries,
+    reject_positional,
 )
 from keras_kd.losses.base import check_positive
+from keras_kd.losses.hint import HintLoss
 from keras_kd.losses.soft_target import SoftTargetLoss
 from keras_kd.models.online import STAGES, components, ensemble_view, extract_student, online_ensemble
 from keras_kd.taps import LOGITS
@@ -41,11 +43,13 @@ class OnlineEnsembleDistiller(BaseDistiller):
     loss       = ce_weight * ce_loss + inter_weight * inter_loss + kd_weight * kd_loss
     ```
 
-    `A_{l,b}` is a trainable 1x1 convolution without bias (the adapter maps
-    channels only; a bias would merely absorb the maps' means) from student
-    `l`'s channels to the pseudo teacher's, owned by the distiller (saved
-    with it, never part of the deployable models, in `self.adapters` keyed
-    `"student{l}_stage{b}"`). KL is summed over classes and averaged over the
+    `A_{l,b}` is a trainable 1x1 convolution without bias, BatchNorm or
+    activation (the adapter maps channels only) from student `l`'s channels
+    to the pseudo teacher's: the part of a `keras_kd.losses.HintLoss`
+    (`regressor_kernel_size=1, regressor_batchnorm=False`), owned by the
+    distiller (saved with it, never part of the deployable models, in
+    `self.loss_parts` keyed `"student{l}_stage{b}"`). The KD terms are
+    `SoftTargetLoss` objects. KL is summed over classes and averaged over the
     batch. Every network runs once per step: the logits and stage maps of
     all students come from ONE pass of the shared-stem network.
 
@@ -67,7 +71,7 @@ class OnlineEnsembleDistiller(BaseDistiller):
 
     >>> import numpy as np
     >>> from keras_kd.distillers.online import OnlineEnsembleDistiller
-    >>> distiller = OnlineEnsembleDistiller("resnet8", input_shape=(16, 16, 1), num_students=3)
+    >>> distiller = OnlineEnsembleDistiller(network="resnet8", input_shape=(16, 16, 1), num_students=3)
     >>> distiller.compile(optimizer="adam")
     >>> x = np.random.rand(8, 16, 16, 1).astype("float32")
     >>> history = distiller.fit(x, np.arange(8) % 10, epochs=1, verbose=0)
@@ -80,6 +84,7 @@ class OnlineEnsembleDistiller(BaseDistiller):
 
     def __init__(
         self,
+        *args,
         network: keras.Model | str = "resnet8",
         input_shape: Sequence[int] | None = None,
         num_classes: int | None = None,
@@ -93,6 +98,7 @@ class OnlineEnsembleDistiller(BaseDistiller):
         check_labels: bool = True,
         **kwargs,
     ):
+        reject_positional("OnlineEnsembleDistiller", args, "network=...")
         if isinstance(network, str):
             network = online_ensemble(
                 network,
@@ -124,8 +130,8 @@ class OnlineEnsembleDistiller(BaseDistiller):
         num = len(branches)
         kwargs.setdefault("name", "online_ensemble_distiller")
         super().__init__(
-            network,
-            int(network.output_shape[-1]),
+            student=network,
+            num_classes=int(network.output_shape[-1]),
             term_names=("ce_loss", "inter_loss", "kd_loss"),
             check_finite=check_finite,
             check_labels=check_labels,
@@ -137,27 +143,26 @@ class OnlineEnsembleDistiller(BaseDistiller):
         self.inter_weight = weights["inter_weight"]
         self.kd_weight = weights["kd_weight"]
         self.temperature = check_positive("temperature", temperature)
-        self.soft_target = SoftTargetLoss(self.temperature)
         self.view = ensemble_view(network)
-        self.adapters = self._build_adapters()
-        self.mark_built()
-
-    def _build_adapters(self) -> dict:
-        adapters = {}
+        students = range(1, num + 1)
+        self.kd_losses = {
+            f"student{j}": SoftTargetLoss(self.temperature, student_layer_name=f"student{j}") for j in students
+        }
+        self.inter_losses = {
+            f"student{j}_{stage}": HintLoss(
+                regressor_activation=None,
+                regressor_kernel_size=1,
+                regressor_batchnorm=False,
+                teacher_layer_name=f"student1_{stage}",
+                student_layer_name=f"student{j}_{stage}",
+            )
+            for stage in STAGES
+            for j in students[1:]
+        }
         shapes = {key: tuple(tensor.shape) for key, tensor in self.view.output.items()}
-        for student in range(2, self.num_students + 1):
-            for stage in STAGES:
-                key = f"student{student}_{stage}"
-                adapter = keras.layers.Conv2D(
-                    shapes[f"student1_{stage}"][-1],
-                    1,
-                    use_bias=False,
-                    kernel_initializer="he_normal",
-                    name=f"adapter_{key}",
-                )
-                adapter.build(shapes[key])
-                adapters[key] = adapter
-        return adapters
+        for key, loss in self.inter_losses.items():
+            self.bind_loss(key, loss, shapes, shapes, "pseudo teacher", key.split("_")[0])
+        self.mark_built()
 
     # -- models -----------------------------------------------------------------
 
@@ -183,24 +188,28 @@ class OnlineEnsembleDistiller(BaseDistiller):
         return self.view(inputs, training=training)
 
     def compute_terms(self, x, y, student_outputs, training):
-        students = range(1, self.num_students + 1)
-        ensemble = student_outputs[LOGITS]
-        ce = ops.sum(ops.stack([cross_entropy(y, student_outputs[f"student{j}"]) for j in students]))
-        kd = ops.sum(
-            ops.stack([self.soft_target(ensemble, student_outputs[f"student{j}"]) for j in students])
-        )
-        inter = []
-        for stage in STAGES:
-            target = ops.stop_gradient(ops.cast(student_outputs[f"student1_{stage}"], "float32"))
-            for j in students[1:]:
-                key = f"student{j}_{stage}"
-                mapped = ops.cast(self.adapters[key](student_outputs[key]), "float32")
-                inter.append(ops.mean(ops.square(target - mapped)))
-        return [
-            LossTerm("ce_loss", self.ce_weight, ce),
-            LossTerm("inter_loss", self.inter_weight, ops.sum(ops.stack(inter))),
-            LossTerm("kd_loss", self.kd_weight, kd),
+        ensemble = {"logits": ops.stop_gradient(ops.cast(student_outputs[LOGITS], "float32"))}
+        targets = {key: ops.stop_gradient(value) for key, value in student_outputs.items()}
+        ce = [cross_entropy(y, student_outputs[name]) for name in self.kd_losses]
+        kd = [
+            self.loss_value(name, loss, ensemble, student_outputs, y, training) for name, loss in self.kd_losses.items()
         ]
+        inter = [
+            self.loss_value(name, loss, targets, student_outputs, y, training)
+            for name, loss in self.inter_losses.items()
+        ]
+        return [
+            LossTerm("ce_loss", self.ce_weight, ops.sum(ops.stack(ce))),
+            LossTerm("inter_loss", self.inter_weight, ops.sum(ops.stack(inter))),
+            LossTerm("kd_loss", self.kd_weight, ops.sum(ops.stack(kd))),
+        ]
+
+    def deliverables(self) -> dict:
+        return {**{f"student{j}": self.student_model(j) for j in range(1, self.num_students + 1)},
+                "ensemble": self.ensemble_model()}
+
+    def projector_taps(self) -> list:
+        return []
 
     def get_config(self) -> dict:
         return {

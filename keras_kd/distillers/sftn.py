@@ -18,9 +18,11 @@ from keras_kd.distillers.base import (
     check_weights,
     cross_entropy,
     deserialize_entries,
+    reject_positional,
 )
 from keras_kd.distillers.checks import check_teacher_student
 from keras_kd.losses.base import check_positive
+from keras_kd.losses.soft_target import SoftTargetLoss
 from keras_kd.models.blocks import split
 from keras_kd.taps import LOGITS
 
@@ -33,18 +35,6 @@ TERM_NAMES = ("teacher_loss", "branch_kl_loss", "branch_ce_loss")
 def branch_key(index: int) -> str:
     """Key of the `index`-th student branch (1-based) in the trainer's outputs dict."""
     return f"branch{index}"
-
-
-def soft_kl(teacher_logits, branch_logits, temperature: float):
-    """`T^2 * mean_batch KL(p^T(teacher) || p^T(branch))`, gradients into BOTH sides.
-
-    Unlike `keras_kd.losses.SoftTargetLoss`, the teacher logits are not wrapped
-    in `stop_gradient`: SFTN trains the teacher through this term.
-    """
-    log_p = ops.log_softmax(ops.cast(teacher_logits, "float32") / temperature, axis=-1)
-    log_q = ops.log_softmax(ops.cast(branch_logits, "float32") / temperature, axis=-1)
-    kl = ops.sum(ops.exp(log_p) * (log_p - log_q), axis=-1)
-    return temperature**2 * ops.mean(kl)
 
 
 def _check_boundaries(teacher_boundaries: Sequence[str], student_boundaries: Sequence[str]):
@@ -87,7 +77,9 @@ class SFTNTrainer(BaseDistiller):
         + lambda_kl / (N-1) * sum_i tau^2 * KL(p^tau(z_T) || p^tau(z_R^i))
         + lambda_ce / (N-1) * sum_i CE(y, z_R^i)
 
-    and its gradients reach the teacher through every term (Park, Cha,
+    and its gradients reach the teacher through every term, the KL term
+    included (it is the library's `SoftTargetLoss`, given the teacher logits
+    WITHOUT `stop_gradient`) (Park, Cha,
     Jeong, Kim, Han, "Learning Student-Friendly Teacher Networks for
     Knowledge Distillation", NeurIPS 2021). Teacher, transforms and student
     branch blocks are all trained. Afterwards `trainer.teacher` is the plain
@@ -125,7 +117,7 @@ class SFTNTrainer(BaseDistiller):
     >>> import numpy as np
     >>> from keras_kd import models
     >>> teacher = models.get("resnet8", (28, 28, 1), 10)
-    >>> trainer = SFTNTrainer(teacher, models.get("cnn", (28, 28, 1), 10))
+    >>> trainer = SFTNTrainer(teacher=teacher, student=models.get("cnn", (28, 28, 1), 10))
     >>> trainer.compile(optimizer="sgd")
     >>> x = np.random.rand(8, 28, 28, 1).astype("float32")
     >>> history = trainer.fit(x, np.arange(8) % 10, epochs=1, verbose=0)
@@ -138,8 +130,9 @@ class SFTNTrainer(BaseDistiller):
 
     def __init__(
         self,
-        teacher: keras.Model,
-        student: keras.Model,
+        *args,
+        teacher: keras.Model | None = None,
+        student: keras.Model | None = None,
         teacher_boundaries: Sequence[str] = SFTN_BOUNDARIES,
         student_boundaries: Sequence[str] = SFTN_BOUNDARIES,
         lambda_t: float = 1.0,
@@ -151,6 +144,9 @@ class SFTNTrainer(BaseDistiller):
         check_labels: bool = True,
         **kwargs,
     ):
+        reject_positional("SFTNTrainer", args, "teacher=..., student=...")
+        if teacher is None or student is None:
+            raise TypeError("SFTNTrainer needs both `teacher=` and `student=`.")
         input_shape, num_classes = check_teacher_student(teacher, student)
         if not teacher.trainable:
             raise ValueError(
@@ -190,8 +186,8 @@ class SFTNTrainer(BaseDistiller):
         network = self._build_network(input_shape, teacher_blocks, transforms, branch_blocks, teacher.name)
         kwargs.setdefault("name", f"{teacher.name}_sftn")
         super().__init__(
-            network,
-            num_classes,
+            student=network,
+            num_classes=num_classes,
             term_names=TERM_NAMES,
             check_finite=check_finite,
             check_labels=check_labels,
@@ -210,6 +206,9 @@ class SFTNTrainer(BaseDistiller):
         self.lambda_kl = weights["lambda_kl"]
         self.lambda_ce = weights["lambda_ce"]
         self.temperature = temperature
+        self.branch_kl = [
+            SoftTargetLoss(temperature, student_layer_name=branch_key(i)) for i in range(1, num_branches + 1)
+        ]
         self.share_student_blocks = bool(share_student_blocks)
         self.mark_built()
 
@@ -238,6 +237,12 @@ class SFTNTrainer(BaseDistiller):
         """The trained teacher (SFTN's product; branches and transforms dropped)."""
         return self.teacher
 
+    def deliverables(self) -> dict:
+        return {"model": self.teacher}
+
+    def projector_taps(self) -> list:
+        return [("projector", self.teacher, ["embedding"])]
+
     def call(self, inputs, training=None, features=False):
         """Teacher logits; with `features=True`, the dict of teacher and branch logits."""
         if features:
@@ -247,7 +252,11 @@ class SFTNTrainer(BaseDistiller):
     def compute_terms(self, x, y, student_outputs, training):
         teacher_logits = student_outputs[LOGITS]
         branches = [student_outputs[branch_key(i)] for i in range(1, self.num_branches + 1)]
-        kl = ops.mean(ops.stack([soft_kl(teacher_logits, z, self.temperature) for z in branches]))
+        # No stop_gradient on the teacher side: SFTN trains the teacher through this term.
+        kl = ops.mean(
+            ops.stack([self.loss_value("branch_kl_loss", loss, student_outputs, student_outputs, y, training)
+                       for loss in self.branch_kl])
+        )
         ce = ops.mean(ops.stack([cross_entropy(y, z) for z in branches]))
         return [
             LossTerm("teacher_loss", self.lambda_t, cross_entropy(y, teacher_logits)),
@@ -257,7 +266,7 @@ class SFTNTrainer(BaseDistiller):
 
     def get_config(self) -> dict:
         return {
-            "teacher": keras.saving.serialize_keras_object(self._teacher_model),
+            "teacher": keras.saving.serialize_keras_object(self._teacher_model),  # keyword order as __init__
             "student": keras.saving.serialize_keras_object(self._student_donor),
             "teacher_boundaries": list(self.teacher_boundaries),
             "student_boundaries": list(self.student_boundaries),

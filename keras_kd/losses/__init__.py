@@ -1,43 +1,43 @@
-"""Distillation losses: small pure objects called as `loss(teacher, student)`."""
+"""Distillation losses: one contract (`DistillationLoss`), one registry.
+
+Every module of this package is imported on first use of the registry, and
+every registered loss is reachable by name (`get("kd", temperature=4.0)`), in
+YAML configs and in the results suite.
+"""
 
 from keras_kd.losses.attention import AttentionTransferLoss
-from keras_kd.losses.base import DistillationLoss
+from keras_kd.losses.base import LOGITS, DistillationLoss, LossContext
 from keras_kd.losses.embedding import EmbeddingMimicryLoss
+from keras_kd.losses.feature import FeatureLoss
 from keras_kd.losses.hint import HintLoss
 from keras_kd.losses.locality import LocalityPreservingLoss
 from keras_kd.losses.soft_target import SoftTargetLoss
-
-#: Losses addressable by short name (YAML configs, `get`).
-REGISTRY = {
-    "kd": SoftTargetLoss,
-    "hint": HintLoss,
-    "at": AttentionTransferLoss,
-    "lp": LocalityPreservingLoss,
-    "embedding": EmbeddingMimicryLoss,
-}
+from keras_kd.registry import loss_class, loss_names
 
 
 def get(name: str, **kwargs) -> DistillationLoss:
-    """A loss by short name (`kd`, `hint`, `at`, `lp`, `embedding`) with keyword arguments.
+    """A registered loss by name with keyword arguments.
 
-    >>> get("lp", k=3).k
+    >>> get("lp", k=3, teacher_layer_name="embedding", student_layer_name="embedding").k
     3
     """
-    if name not in REGISTRY:
-        raise ValueError(f"Unknown loss {name!r}. Available: {', '.join(REGISTRY)}.")
+    cls = loss_class(name)
     try:
-        return REGISTRY[name](**kwargs)
+        return cls(**kwargs)
     except TypeError as error:
-        raise ValueError(f"Bad arguments for loss {name!r} ({REGISTRY[name].__name__}): {error}") from error
+        raise ValueError(f"Bad arguments for loss {name!r} ({cls.__name__}): {error}") from error
 
 
 __all__ = [
-    "REGISTRY",
-    "get",
+    "LOGITS",
     "AttentionTransferLoss",
     "DistillationLoss",
     "EmbeddingMimicryLoss",
+    "FeatureLoss",
     "HintLoss",
     "LocalityPreservingLoss",
+    "LossContext",
     "SoftTargetLoss",
+    "get",
+    "loss_names",
 ]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import keras
 from keras import ops
 
-from keras_kd.losses.base import DistillationLoss, check_positive
+from keras_kd.losses.base import DistillationLoss, LossContext, check_positive, describe
+from keras_kd.registry import SuiteRow, register_loss
 
 
 def attention_map(features, p: float):
@@ -17,25 +17,30 @@ def attention_map(features, p: float):
     return a / ops.maximum(ops.norm(a, axis=-1, keepdims=True), 1e-12)
 
 
+def _common_size(teacher_shape, student_shape) -> tuple[int, int]:
+    return min(teacher_shape[1], student_shape[1]), min(teacher_shape[2], student_shape[2])
+
+
 def _pool_to(features, size: tuple[int, int]):
     height, width = features.shape[1], features.shape[2]
     if (height, width) == size:
         return features
-    if height % size[0] or width % size[1] or height // size[0] != width // size[1]:
-        raise ValueError(
-            f"AttentionTransferLoss cannot pool a {height}x{width} map to {size[0]}x{size[1]}."
-        )
     factor = height // size[0]
     return ops.average_pool(features, factor, factor, padding="valid")
 
 
-@keras.saving.register_keras_serializable(package="keras_kd")
+@register_loss(
+    "at",
+    SuiteRow("AT (stage3)", weight=1000.0, args={"teacher_layer_name": "stage3", "student_layer_name": "stage3"}),
+)
 class AttentionTransferLoss(DistillationLoss):
     """`mean((Q(A_s) - Q(A_t))^2)` over batch and positions, Q = attention map.
 
     Zagoruyko & Komodakis, "Paying More Attention to Attention", ICLR 2017.
     Channel counts may differ (the map averages over channels); if spatial
-    sizes differ the larger map is average-pooled to the smaller one. No
+    sizes differ the larger map is average-pooled to the smaller one. A
+    pairing whose common size is 1x1 is refused: the normalized map of a
+    single position is always 1, so the term would be 0 at every step. No
     trainable parameters.
 
     Example:
@@ -48,23 +53,36 @@ class AttentionTransferLoss(DistillationLoss):
 
     metric_name = "at_loss"
 
-    def __init__(self, p: float = 2.0):
+    def __init__(self, p: float = 2.0, **kwargs):
+        super().__init__(**kwargs)
         self.p = check_positive("p", p)
 
-    def call(self, teacher_features, student_features):
-        for role, f in (("teacher", teacher_features), ("student", student_features)):
+    def check_shapes(self, teacher_shape, student_shape):
+        pair = f"teacher {describe(teacher_shape)} and student {describe(student_shape)}"
+        if len(teacher_shape) != 4 or len(student_shape) != 4:
+            raise ValueError(f"attention transfer needs (batch, H, W, C) feature maps; got {pair}.")
+        size = _common_size(teacher_shape, student_shape)
+        if size[0] * size[1] <= 1:
+            raise ValueError(
+                f"attention transfer between {pair} compares {size[0]}x{size[1]} maps: one position, so the "
+                "term is 0 at every step. Tap earlier layers with larger maps."
+            )
+        for shape in (teacher_shape, student_shape):
+            h, w = shape[1], shape[2]
+            if h % size[0] or w % size[1] or h // size[0] != w // size[1]:
+                raise ValueError(f"attention transfer cannot pool {pair} to a common {size[0]}x{size[1]} map.")
+
+    def compute_loss(self, teacher_output, student_output, context: LossContext):
+        for role, f in (("teacher", teacher_output), ("student", student_output)):
             if len(f.shape) != 4:
                 raise ValueError(
-                    f"AttentionTransferLoss needs (batch, H, W, C) feature maps; the {role} tap "
+                    f"AttentionTransferLoss needs (batch, H, W, C) feature maps; the {role} output "
                     f"has shape {tuple(f.shape)}."
                 )
-        size = (
-            min(teacher_features.shape[1], student_features.shape[1]),
-            min(teacher_features.shape[2], student_features.shape[2]),
-        )
-        q_t = attention_map(_pool_to(teacher_features, size), self.p)
-        q_s = attention_map(_pool_to(student_features, size), self.p)
+        size = _common_size(teacher_output.shape, student_output.shape)
+        q_t = attention_map(_pool_to(teacher_output, size), self.p)
+        q_s = attention_map(_pool_to(student_output, size), self.p)
         return ops.mean(ops.square(q_s - q_t))
 
     def get_config(self) -> dict:
-        return {"p": self.p}
+        return {**super().get_config(), "p": self.p}

@@ -1,4 +1,11 @@
-"""Base class shared by every keras_kd loss."""
+"""The one loss contract shared by every keras_kd distiller and trainer.
+
+A distillation loss reads one output of the teacher and one of the student
+(the logits, or a layer chosen by name, exactly as `keras.distillation`'s
+`teacher_layer_name`/`student_layer_name`), and may also use the labels, the
+training progress (`step`, `epoch`), every other tapped output and its own
+trainable part, all handed over in a `LossContext`.
+"""
 
 from __future__ import annotations
 
@@ -7,37 +14,137 @@ from typing import Any
 import keras
 from keras import ops
 
+#: Key of the final output (logits) in every outputs dict.
+LOGITS = "logits"
 
-class DistillationLoss:
-    """A pure, parameter-free loss called as `loss(teacher_output, student_output)`.
 
-    Subclasses implement `call(teacher_output, student_output)` and return a
-    scalar float32 tensor that is already averaged over the batch. The loss
-    never scales itself for `tf.distribute`: distillers divide the weighted
-    total once by the number of replicas, so values reported to metrics are
-    the plain per-batch means.
+class LossContext:
+    """What a loss may look at besides the two tensors it compares.
 
-    Teacher values are wrapped in `stop_gradient`, so a loss never pushes a
-    gradient into the teacher even if the caller forgets to.
+    Attributes:
+        labels: integer class labels `(batch,)`.
+        step: optimizer step (int tensor; 0 outside training).
+        epoch: current epoch, 0-based (int tensor).
+        training: whether the networks run in training mode.
+        parts: the trainable layer the loss declared in `build_parts` (or None),
+            created and owned by the distiller.
+        teacher_outputs, student_outputs: every tapped output, by layer name,
+            `"logits"` included (e.g. a feature loss that also needs logits).
     """
 
-    #: Name used for the metric that reports this term (e.g. `"kd_loss"`).
+    __slots__ = ("labels", "step", "epoch", "training", "parts", "teacher_outputs", "student_outputs")
+
+    def __init__(
+        self,
+        labels=None,
+        step=0,
+        epoch=0,
+        training: bool = False,
+        parts: keras.layers.Layer | None = None,
+        teacher_outputs: dict | None = None,
+        student_outputs: dict | None = None,
+    ):
+        self.labels = labels
+        self.step = step
+        self.epoch = epoch
+        self.training = training
+        self.parts = parts
+        self.teacher_outputs = teacher_outputs or {}
+        self.student_outputs = student_outputs or {}
+
+
+class DistillationLoss:
+    """Base class of every keras_kd loss.
+
+    Subclasses implement `compute_loss(teacher_output, student_output, context)`
+    and return a float32 scalar already averaged over the batch; they may
+    override `check_shapes` (refuse a pairing that cannot carry signal, at
+    construction) and `build_parts` (declare a trainable layer, e.g. a FitNet
+    regressor, that the distiller creates, trains, saves and never exports).
+
+    The loss never stops gradients itself: a distiller with a frozen teacher
+    passes `stop_gradient` teacher outputs, while SFTN trains the teacher
+    through the same loss objects. It never scales itself for
+    `tf.distribute` either: distillers divide the weighted total once by the
+    number of replicas, so values reported to metrics are plain batch means.
+
+    Args:
+        teacher_layer_name: teacher layer whose output is compared; None = logits.
+        student_layer_name: student layer; None = logits.
+        name: metric name of the term (default: the class' `metric_name`).
+    """
+
+    #: Default metric name of the term.
     metric_name = "distillation_loss"
 
-    def __call__(self, teacher_output: Any, student_output: Any) -> Any:
-        teacher_output = keras.tree.map_structure(
-            lambda t: ops.stop_gradient(ops.cast(t, "float32")), teacher_output
-        )
-        student_output = keras.tree.map_structure(
-            lambda s: ops.cast(s, "float32"), student_output
-        )
-        return self.call(teacher_output, student_output)
+    def __init__(
+        self,
+        teacher_layer_name: str | None = None,
+        student_layer_name: str | None = None,
+        name: str | None = None,
+    ):
+        for label, layer in (("teacher_layer_name", teacher_layer_name), ("student_layer_name", student_layer_name)):
+            if layer is not None and (not isinstance(layer, str) or not layer):
+                raise ValueError(f"`{label}` must be a layer name or None (logits), got {layer!r}.")
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ValueError(f"`name` must be a non-empty string, got {name!r}.")
+        self.teacher_layer_name = teacher_layer_name
+        self.student_layer_name = student_layer_name
+        self.name = name or self.metric_name
 
-    def call(self, teacher_output: Any, student_output: Any) -> Any:
+    @property
+    def teacher_key(self) -> str:
+        """Key of the compared teacher output (`"logits"` or the layer name)."""
+        return self.teacher_layer_name or LOGITS
+
+    @property
+    def student_key(self) -> str:
+        return self.student_layer_name or LOGITS
+
+    # -- what subclasses provide ------------------------------------------------
+
+    def check_shapes(self, teacher_shape: tuple, student_shape: tuple) -> None:
+        """Raise ValueError when these outputs (shapes with batch) cannot work."""
+
+    def build_parts(self, teacher_shape: tuple, student_shape: tuple) -> keras.layers.Layer | None:
+        """The trainable layer this loss needs, unbuilt or built; None if none."""
+        return None
+
+    def compute_loss(self, teacher_output, student_output, context: LossContext):
         raise NotImplementedError
 
+    # -- calling ----------------------------------------------------------------
+
+    def __call__(
+        self,
+        teacher_output: Any,
+        student_output: Any,
+        *,
+        labels=None,
+        step=0,
+        epoch=0,
+        parts: keras.layers.Layer | None = None,
+        training: bool = False,
+        context: LossContext | None = None,
+    ):
+        """The loss of two tensors (direct use, tests); distillers pass a context."""
+        teacher_output = ops.cast(teacher_output, "float32")
+        student_output = ops.cast(student_output, "float32")
+        if context is None:
+            context = LossContext(labels, step, epoch, training, parts)
+        return self.compute_loss(teacher_output, student_output, context)
+
+    # -- serialization ----------------------------------------------------------
+
     def get_config(self) -> dict:
-        return {}
+        config = {}
+        if self.teacher_layer_name is not None:
+            config["teacher_layer_name"] = self.teacher_layer_name
+        if self.student_layer_name is not None:
+            config["student_layer_name"] = self.student_layer_name
+        if self.name != self.metric_name:
+            config["name"] = self.name
+        return config
 
     @classmethod
     def from_config(cls, config: dict) -> DistillationLoss:
@@ -49,18 +156,23 @@ class DistillationLoss:
 
 
 def check_positive(name: str, value: float) -> float:
-    """Returns `value` as a float, raising a clear error unless it is > 0."""
+    """Returns `value` as a float, raising a clear error unless it is finite and > 0."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"`{name}` must be a number, got {value!r}.")
-    if not value > 0:
-        raise ValueError(f"`{name}` must be > 0, got {value!r}.")
+    if not 0 < value < float("inf"):
+        raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}.")
     return float(value)
 
 
 def check_non_negative(name: str, value: float) -> float:
-    """Returns `value` as a float, raising a clear error unless it is >= 0."""
+    """Returns `value` as a float, raising a clear error unless it is finite and >= 0."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"`{name}` must be a number, got {value!r}.")
-    if not value >= 0:
-        raise ValueError(f"`{name}` must be >= 0, got {value!r}.")
+    if not 0 <= value < float("inf"):
+        raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}.")
     return float(value)
+
+
+def describe(shape) -> str:
+    """`(8, 8, 64)` for a shape with batch `(None, 8, 8, 64)`."""
+    return str(tuple(shape[1:]))

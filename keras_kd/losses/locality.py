@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_kd.losses.base import DistillationLoss, check_positive
+from keras_kd.losses.base import DistillationLoss, LossContext, check_positive
+from keras_kd.registry import SuiteRow, register_loss
 
 
 def _flatten(features):
@@ -17,7 +17,10 @@ def _l2_normalize(x):
     return x / ops.maximum(ops.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-@keras.saving.register_keras_serializable(package="keras_kd")
+@register_loss(
+    "lp",
+    SuiteRow("LP (embedding)", weight=1.5, args={"teacher_layer_name": "embedding", "student_layer_name": "embedding"}),
+)
 class LocalityPreservingLoss(DistillationLoss):
     """The student keeps the teacher's in-batch neighbourhoods.
 
@@ -47,16 +50,17 @@ class LocalityPreservingLoss(DistillationLoss):
 
     metric_name = "lp_loss"
 
-    def __init__(self, k: int = 5, sigma2: float | None = None, normalize: bool = False):
+    def __init__(self, k: int = 5, sigma2: float | None = None, normalize: bool = False, **kwargs):
+        super().__init__(**kwargs)
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"`k` must be an integer >= 1, got {k!r}.")
         self.k = k
         self.sigma2 = None if sigma2 is None else check_positive("sigma2", sigma2)
         self.normalize = bool(normalize)
 
-    def call(self, teacher_features, student_features):
-        t = _flatten(teacher_features)
-        s = _flatten(student_features)
+    def compute_loss(self, teacher_output, student_output, context: LossContext):
+        t = _flatten(teacher_output)
+        s = _flatten(student_output)
         if self.normalize:
             t, s = _l2_normalize(t), _l2_normalize(s)
         m = tf.shape(t)[0]
@@ -80,4 +84,4 @@ class LocalityPreservingLoss(DistillationLoss):
         return ops.sum(weights * student_gaps) / count
 
     def get_config(self) -> dict:
-        return {"k": self.k, "sigma2": self.sigma2, "normalize": self.normalize}
+        return {**super().get_config(), "k": self.k, "sigma2": self.sigma2, "normalize": self.normalize}

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-import keras
 from keras import ops
 
-from keras_kd.losses.base import DistillationLoss, check_positive
+from keras_kd.losses.base import DistillationLoss, LossContext, check_positive, describe
+from keras_kd.registry import SuiteRow, register_loss
 
 
-@keras.saving.register_keras_serializable(package="keras_kd")
+def soft_target_kl(teacher_logits, student_logits, temperature: float):
+    """`T^2 * mean_batch KL(softmax(z_t / T) || softmax(z_s / T))`."""
+    log_p_teacher = ops.log_softmax(teacher_logits / temperature, axis=-1)
+    log_p_student = ops.log_softmax(student_logits / temperature, axis=-1)
+    kl = ops.sum(ops.exp(log_p_teacher) * (log_p_teacher - log_p_student), axis=-1)
+    return (temperature * temperature) * ops.mean(kl)
+
+
+@register_loss("kd", SuiteRow("KD (T = 4)", weight=0.9, args={"temperature": 4.0}, student_loss_weight=0.1))
 class SoftTargetLoss(DistillationLoss):
     """Temperature-scaled KL divergence between teacher and student logits.
 
@@ -16,7 +24,9 @@ class SoftTargetLoss(DistillationLoss):
 
     The `T^2` factor keeps the gradient magnitude independent of `T`
     (Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network",
-    2015). Both inputs are logits of shape `(batch, num_classes)`.
+    2015). Same role as `keras.distillation.LogitsDistillation`, whose
+    `loss="kl_divergence"` computes the same value. Compares logits unless
+    layer names are given.
 
     Example:
 
@@ -29,23 +39,24 @@ class SoftTargetLoss(DistillationLoss):
 
     metric_name = "distillation_loss"
 
-    def __init__(self, temperature: float = 4.0):
+    def __init__(self, temperature: float = 4.0, **kwargs):
+        super().__init__(**kwargs)
         self.temperature = check_positive("temperature", temperature)
 
-    def call(self, teacher_logits, student_logits):
-        if teacher_logits.shape[-1] != student_logits.shape[-1]:
+    def check_shapes(self, teacher_shape, student_shape):
+        if len(teacher_shape) != 2 or len(student_shape) != 2 or teacher_shape[-1] != student_shape[-1]:
             raise ValueError(
-                "SoftTargetLoss needs teacher and student logits with the same "
-                f"number of classes, got teacher {teacher_logits.shape[-1]} "
-                f"and student {student_logits.shape[-1]}."
+                "soft targets need (batch, classes) logits with the same number of classes; got teacher "
+                f"{describe(teacher_shape)} and student {describe(student_shape)}."
             )
-        t = self.temperature
-        log_p_teacher = ops.log_softmax(teacher_logits / t, axis=-1)
-        log_p_student = ops.log_softmax(student_logits / t, axis=-1)
-        kl = ops.sum(
-            ops.exp(log_p_teacher) * (log_p_teacher - log_p_student), axis=-1
-        )
-        return (t * t) * ops.mean(kl)
+
+    def compute_loss(self, teacher_output, student_output, context: LossContext):
+        if teacher_output.shape[-1] != student_output.shape[-1]:
+            raise ValueError(
+                "SoftTargetLoss needs teacher and student logits with the same number of classes, got "
+                f"teacher {teacher_output.shape[-1]} and student {student_output.shape[-1]}."
+            )
+        return soft_target_kl(teacher_output, student_output, self.temperature)
 
     def get_config(self) -> dict:
-        return {"temperature": self.temperature}
+        return {**super().get_config(), "temperature": self.temperature}
