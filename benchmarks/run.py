@@ -24,6 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import yaml  # noqa: E402
 
+from keras_kd import registry  # noqa: E402
 from trainers import runs  # noqa: E402
 from trainers.config import dump, load_config  # noqa: E402
 from trainers.quickstart import CONFIGS  # noqa: E402
@@ -67,31 +68,40 @@ class Cell:
     group: str
     key: str
     label: str
-    kind: str  # train-teacher | distill | train-online
+    kind: str  # train-teacher | distill | train-online (what the row is; every cell runs runs.train)
     config: str
     overrides: tuple[str, ...] = ()
     regime: str = "10%"
     seeds: tuple[int, ...] | None = None  # None: the protocol's seeds
 
 
+def loss_cells() -> list[Cell]:
+    """One `features` row per registered loss that declares a `SuiteRow`."""
+    rows = []
+    for name, row in registry.suite_rows():
+        entries = [{"name": name, **entry} for entry in row.losses]
+        flow = yaml.safe_dump(entries, default_flow_style=True, width=10**6).strip()
+        flow = flow.replace("{", "{{").replace("}", "}}")  # overrides are str.format templates
+        overrides = (f"method.losses={flow}", f"method.student_loss_weight={row.student_loss_weight}")
+        rows.append(Cell("features", row.key or name, row.label, "distill", "kd_fmnist.yaml", overrides))
+    return rows
+
+
 def base_cells(p: Protocol) -> list[Cell]:
     """The rows of the 10% regime, in running order (later cells may read earlier ones)."""
-    student = ("student.arch=resnet8", "teacher.path=null")
+    student = ("student.arch=resnet8", "teacher.path=null", "method=ce")
     rows = [
         Cell("features", "baseline", "ResNet8 alone (CE)", "train-teacher", "kd_fmnist.yaml", student),
-        Cell("features", "kd", "KD (ResNet20 teacher)", "distill", "kd_fmnist.yaml"),
-        Cell("features", "fitnet", "FitNet (stage2 hint)", "distill", "fitnet_fmnist.yaml"),
-        Cell("features", "at", "AT (stages 1-3)", "distill", "at_fmnist.yaml"),
-        Cell("features", "lp", "LP (embedding)", "distill", "lp_fmnist.yaml"),
+        *loss_cells(),
         Cell("features", "lpkd", "LP + KD", "distill", "lp_kd_fmnist.yaml"),
         Cell("ekd", "ekd", "EKD: 3-branch ResNet8 <- ResNet20, WRN-16-1, CNN", "distill", "ekd_fmnist.yaml"),
         Cell("ekd", "ekd_ce", "3-branch ResNet8, no teachers (alpha = beta = 0)", "distill", "ekd_fmnist.yaml",
-             ("distill.alpha=0.0", "distill.ekd.beta=0.0")),
+             ("method.alpha=0.0", "method.beta=0.0")),
         # The paper's claim is against LARGER networks trained on the same data and schedule.
         Cell("ekd", "resnet20_alone", "ResNet20 alone (CE), student schedule", "train-teacher", "kd_fmnist.yaml",
-             ("student.arch=resnet20", "teacher.path=null")),
+             ("student.arch=resnet20", "teacher.path=null", "method=ce")),
         Cell("ekd", "resnet32_alone", "ResNet32 alone (CE), student schedule", "train-teacher", "kd_fmnist.yaml",
-             ("student.arch=resnet32", "teacher.path=null")),
+             ("student.arch=resnet32", "teacher.path=null", "method=ce")),
         # SFTN from scratch on the reference teacher's schedule: the reference is its control.
         Cell("sftn", "scratch_teacher", "SFTN ResNet20 from scratch (for ResNet8)", "train-teacher",
              "sftn_teacher_fmnist.yaml",
@@ -109,7 +119,7 @@ def base_cells(p: Protocol) -> list[Cell]:
         Cell("sftn", "sftn_at", "AT from the SFTN teacher", "distill", "at_fmnist.yaml",
              ("teacher.path={sftn_teacher}",)),
         Cell("sftn", "ce_teacher", "ResNet20 + the same epochs of plain CE (control)", "train-teacher",
-             "sftn_teacher_fmnist.yaml", (f"train.epochs={p.sftn_epochs}", "teacher_method=ce"), seeds=(0,)),
+             "sftn_teacher_fmnist.yaml", (f"train.epochs={p.sftn_epochs}", "method=ce"), seeds=(0,)),
         Cell("sftn", "ce_kd", "KD from the CE-fine-tuned control teacher", "distill", "kd_fmnist.yaml",
              ("teacher.path={ce_teacher}",)),
         Cell("sftn", "ce_at", "AT from the CE-fine-tuned control teacher", "distill", "at_fmnist.yaml",
@@ -117,7 +127,7 @@ def base_cells(p: Protocol) -> list[Cell]:
         Cell("online", "oemc", "OEMC: 5 ResNet8 students (widths 5/5..1/5)", "train-online", "online_fmnist.yaml"),
     ]
     rows.append(Cell("online", "oemc_no_inter", "OEMC ablation: inter_weight = 0", "train-online",
-                     "online_fmnist.yaml", ("online.inter_weight=0.0",)))
+                     "online_fmnist.yaml", ("method.inter_weight=0.0",)))
     rows += [
         Cell("online", f"alone_w{j}", f"ResNet8 width {j}/5 alone (CE)", "train-teacher", "kd_fmnist.yaml",
              (*student, f"student.width_ratio={j / 5}"))
@@ -134,7 +144,7 @@ def cells(suite: str) -> list[Cell]:
     twins = [c for c in rows if c.group in p.full_data_groups and c.key != "oemc_no_inter"]  # ablation: 10% only
     if "online" in p.full_data_groups:  # on the full data student 1 is not the features baseline
         twins.append(Cell("online", "alone_w5", "ResNet8 width 5/5 alone (CE)", "train-teacher", "kd_fmnist.yaml",
-                          ("student.arch=resnet8", "teacher.path=null", "student.width_ratio=1.0")))
+                          ("student.arch=resnet8", "teacher.path=null", "student.width_ratio=1.0", "method=ce")))
     needs_teachers = any(c.kind == "distill" or c.key in ("sftn_teacher", "ce_teacher") for c in twins)
     full = ("data.subset_fraction=null",)
     if needs_teachers:
@@ -202,9 +212,6 @@ def finished(folder: Path, config) -> dict | None:
 #: While this file exists no new cell starts (set by `--pause-file`).
 PAUSE_FILE = None
 
-RUNNERS = {"train-teacher": runs.train_teacher, "distill": runs.distill, "train-online": runs.train_online}
-
-
 #: Run folders trained in this invocation: cells taught by them are never reused.
 RETRAINED: set[str] = set()
 
@@ -219,7 +226,7 @@ def run_cell(suite: str, cell: Cell, seed: int) -> dict:
     while PAUSE_FILE and Path(PAUSE_FILE).exists():  # lets a timing benchmark run on a quiet machine
         time.sleep(5)
     start = time.perf_counter()
-    result = RUNNERS[cell.kind](config, overwrite=True)
+    result = runs.train(config, overwrite=True)
     RETRAINED.add(str(folder))
     print(f"[{suite}] {cell.group}/{cell.key} seed {seed}: {100 * result['test_accuracy']:.2f}% "
           f"in {time.perf_counter() - start:.0f} s", flush=True)

@@ -23,8 +23,15 @@ import importlib
 import inspect
 import pkgutil
 from collections.abc import Callable
+from typing import Annotated
 
 import keras
+from pydantic import Field
+
+#: Type hints of method options that configs validate before anything is built.
+NonNegative = Annotated[float, Field(ge=0)]
+Positive = Annotated[float, Field(gt=0)]
+Count = Annotated[int, Field(ge=1)]
 
 _LOSSES: dict[str, type] = {}
 _METHODS: dict[str, Method] = {}
@@ -32,13 +39,17 @@ _METHODS: dict[str, Method] = {}
 
 @dataclasses.dataclass(frozen=True)
 class SuiteRow:
-    """How the results suite runs a registered loss: one `distill` row with the
-    loss at `weight` (plus `args`) next to CE at `student_loss_weight`."""
+    """How the results suite runs a registered loss: one `method: kd` row with
+    the loss entries `losses` (each a dict of `weight` and constructor
+    arguments; the loss name is added) next to CE at `student_loss_weight`.
+    `key` names the row's run folders (default: the loss name); `order`
+    sorts the rows."""
 
     label: str
-    weight: float
-    args: dict = dataclasses.field(default_factory=dict)
+    losses: tuple[dict, ...]
     student_loss_weight: float = 1.0
+    key: str | None = None
+    order: int = 100
 
 
 def register_loss(name: str, suite_row: SuiteRow | None = None) -> Callable[[type], type]:
@@ -73,6 +84,46 @@ class Method:
         return {p.name: p for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
+class BuildContext:
+    """What a method builder gets from a run (the CLI runner implements it).
+
+    Attributes:
+        input_shape: image shape without batch.
+        num_classes: number of classes of the dataset.
+        sync_batchnorm: whether trained networks use synchronized BatchNorm.
+    """
+
+    input_shape: tuple
+    num_classes: int
+    sync_batchnorm: bool
+
+    def teacher(self) -> keras.Model:
+        """The trained model of the `teacher` section (frozen by distillers)."""
+        raise NotImplementedError
+
+    def teachers(self) -> list[keras.Model]:
+        """The trained models of the `teachers` list (distinct names)."""
+        raise NotImplementedError
+
+    def student(self) -> keras.Model:
+        """A fresh model from the `student` section (arch or path)."""
+        raise NotImplementedError
+
+    def trained_model(self) -> keras.Model:
+        """The model a plain training run trains: `teacher` when that section
+        is set, else `student`."""
+        raise NotImplementedError
+
+    def student_arch(self) -> str:
+        """The zoo name of the `student` section (methods that build their own
+        multi-branch / multi-width networks from it)."""
+        raise NotImplementedError
+
+    def prepare(self, model: keras.Model) -> keras.Model:
+        """`model` with synchronized BatchNorm when the run asks for it."""
+        raise NotImplementedError
+
+
 def register_method(name: str) -> Callable[[Callable], Callable]:
     """Function decorator: registers a method builder under `name`. The
     builder's first parameter is a `BuildContext` (models and data facts of
@@ -105,6 +156,13 @@ def loss_class(name: str) -> type:
     if name not in _LOSSES:
         raise ValueError(f"Unknown loss {name!r}. Available: {', '.join(sorted(_LOSSES))}.")
     return _LOSSES[name]
+
+
+def suite_rows() -> list[tuple[str, SuiteRow]]:
+    """`(loss name, row)` of every registered loss that declares a suite row, in row order."""
+    _discover()
+    rows = [(name, cls.suite_row) for name, cls in _LOSSES.items() if cls.suite_row is not None]
+    return sorted(rows, key=lambda item: (item[1].order, item[0]))
 
 
 def loss_names() -> list[str]:

@@ -23,17 +23,15 @@ def test_config_rejects_unknown_keys_and_wrong_types(tmp_path):
         load_config(overrides=["train.epoch=3"])
     with pytest.raises(ConfigError, match="Unknown config key `dat`"):
         load_config(overrides=["dat.name=x"])
-    with pytest.raises(ConfigError, match="`train.epochs` must be an integer, got 'three'"):
+    with pytest.raises(ConfigError, match="`train.epochs`: Input should be a valid integer.*'three'"):
         load_config(overrides=["train.epochs=three"])
-    with pytest.raises(ConfigError, match="`train.epochs` must be an integer"):
+    with pytest.raises(ConfigError, match="`train.epochs`: Input should be a valid integer"):
         load_config(overrides=["train.epochs=2.5"])
-    with pytest.raises(ConfigError, match="`data.augment` must be true or false"):
-        load_config(overrides=["data.augment=1"])
-    with pytest.raises(ConfigError, match="`data.name` must be one of"):
+    with pytest.raises(ConfigError, match="`data.augment`: Input should be a valid boolean"):
+        load_config(overrides=["data.augment=maybe"])
+    with pytest.raises(ConfigError, match="`data.name`: Input should be 'fashion_mnist'"):
         load_config(overrides=["data.name=imagenet"])
-    with pytest.raises(ConfigError, match="`distill.temperature` must be > 0"):
-        load_config(overrides=["distill.temperature=0"])
-    with pytest.raises(ConfigError, match="must be a mapping"):
+    with pytest.raises(ConfigError, match="`train`: Input should be a valid dictionary"):
         load_config(overrides=["train=3"])
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: [1, 2\n")
@@ -42,6 +40,47 @@ def test_config_rejects_unknown_keys_and_wrong_types(tmp_path):
     config = load_config(overrides=["train.learning_rate=1", "data.subset_fraction=0.1"])
     assert config.train.learning_rate == 1.0 and isinstance(config.train.learning_rate, float)
     assert load_config(overrides=["train.weight_decay=5e-4"]).train.weight_decay == 5e-4  # YAML 1.1 string
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.learning_rate=.nan", "`train.learning_rate`: Input should be a finite number"),
+        ("train.learning_rate=.inf", "`train.learning_rate`: Input should be a finite number"),
+        ("train.learning_rate=0", "`train.learning_rate`: Input should be greater than 0"),
+        ("train.momentum=-5", "`train.momentum`: Input should be greater than or equal to 0"),
+        ("train.momentum=1.0", "`train.momentum`: Input should be less than 1"),
+        ("data.pad=-3", "`data.pad`: Input should be greater than or equal to 0"),
+        ("data.subset_fraction=3.0", "`data.subset_fraction`: Input should be less than or equal to 1"),
+        ("data.batch_size=0", "`data.batch_size`: Input should be greater than or equal to 1"),
+        ("student.width_ratio=1.5", "`student.width_ratio`: Input should be less than or equal to 1"),
+        ("run_name=a/b", "`run_name`: String should match pattern"),
+        ("method.student_loss_weight=-1", "`method.student_loss_weight`: Input should be greater than or equal to 0"),
+        ("method.losses=[{name: kd, temperature: 0}]", r"`method.losses\[0\]`.*`temperature` must be a finite number > 0"),
+        ("method.losses=[{name: kd, weight: .nan}]", r"`method.losses\[0\].weight`: Input should be a finite number"),
+        ("method.losses=[{name: crd}]", "Unknown loss 'crd'. Available: at, "),
+        ("method.loses=[]", "Unknown config key `method.loses`. Did you mean `method.losses`"),
+        ("method=nope", "`method.name`: Unknown method 'nope'. Available: ce, ekd, kd, oemc, sftn"),
+    ],
+)
+def test_config_rejects_bad_values_naming_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=[override])
+
+
+def test_method_options_are_validated_and_resolved():
+    config = load_config(overrides=["method=oemc", "method.temperature=3"])
+    assert config.method.name == "oemc" and config.method.temperature == 3.0
+    assert config.method.num_students == 5  # defaults are resolved into config.yaml
+    with pytest.raises(ConfigError, match="`method.num_students`: Input should be greater than or equal to 2"):
+        load_config(overrides=["method=oemc", "method.num_students=1"])
+    with pytest.raises(ConfigError, match="`method.lambda_kl`: Input should be greater than or equal to 0"):
+        load_config(overrides=["method=sftn", "method.student_arch=resnet8", "method.lambda_kl=-3"])
+    with pytest.raises(ConfigError, match="`method.student_arch`: Field required"):
+        load_config(overrides=["method=sftn"])
+    with pytest.raises(ConfigError, match="Unknown config key `method.inter_weigth`. Did you mean `method.inter_weight`"):
+        load_config(overrides=["method=oemc", "method.inter_weigth=0"])
+    assert load_config(overrides=["method=ekd", "method.temperature=[2, 4]"]).method.temperature == [2.0, 4.0]
 
 
 def test_shipped_configs_are_valid():
@@ -69,7 +108,7 @@ def test_cli_train_distill_evaluate_end_to_end(tmp_path, capsys):
     for name in ("config.yaml", "train.log", "history.csv", "results.json", "model.keras"):
         assert (teacher_dir / name).is_file(), name
     assert list((teacher_dir / "tensorboard").rglob("*tfevents*"))
-    assert (teacher_dir / "checkpoints" / "trainer.keras").is_file()
+    assert (teacher_dir / "checkpoints" / "distiller.keras").is_file()
     assert "epoch 1:" in (teacher_dir / "train.log").read_text()
 
     code, out, err = run_cli(
@@ -131,20 +170,16 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
     assert code == 2 and "does not exist" in err
 
 
-def test_feature_terms_from_yaml(tmp_path):
+def test_loss_lists_from_yaml():
     from trainers.quickstart import CONFIGS
 
     config = load_config(CONFIGS / "at_fmnist.yaml")
-    assert [f.student_tap for f in config.distill.features] == ["stage1", "stage2", "stage3"]
-    assert config.distill.features[0].weight == 1000.0
-    lp = load_config(CONFIGS / "lp_kd_fmnist.yaml").distill.features[0]
-    assert (lp.loss, lp.loss_args) == ("lp", {"k": 5})
-    with pytest.raises(ConfigError, match=r"`distill.features\[0\].loss_args`: Bad arguments for loss 'lp'"):
-        load_config(overrides=["distill.features=[{loss: lp, loss_args: {kk: 3}}]"])
-    with pytest.raises(ConfigError, match=r"Unknown config key `distill.features\[0\].tap`"):
-        load_config(overrides=["distill.features=[{tap: stage3}]"])
-    with pytest.raises(ConfigError, match=r"`distill.features\[0\].loss` must be one of"):
-        load_config(overrides=["distill.features=[{loss: crd}]"])
+    assert [spec["student_layer_name"] for spec in config.method.losses] == ["stage1", "stage2", "stage3"]
+    assert config.method.losses[0]["weight"] == 1000.0
+    lp = load_config(CONFIGS / "lp_kd_fmnist.yaml").method.losses[1]
+    assert (lp["name"], lp["k"]) == ("lp", 5)
+    with pytest.raises(ConfigError, match=r"`method.losses\[0\]`.*Bad arguments for loss 'lp'.*kk"):
+        load_config(overrides=["method.losses=[{name: lp, kk: 3}]"])
 
 
 def test_cli_feature_distillation_run(tmp_path, capsys):
@@ -158,7 +193,7 @@ def test_cli_feature_distillation_run(tmp_path, capsys):
     code, out, err = run_cli(
         ["distill", "--output-dir", out_dir, "--run-name", "fitnet",
          "--set", f"teacher.path={tmp_path / 'runs' / 't'}", "--set", "student.arch=cnn",
-         "--set", "distill.features=[{teacher_tap: stage2, student_tap: stage2, loss: hint, weight: 10.0}]",
+         "--set", "method.losses=[{name: hint, weight: 10.0, teacher_layer_name: stage2, student_layer_name: stage2}]",
          *TINY_ARGS],
         capsys,
     )
@@ -187,7 +222,7 @@ def test_tensorboard_event_files_hold_the_expected_tags(tmp_path, capsys):
     code, _, err = run_cli(
         ["distill", "--output-dir", out_dir, "--run-name", "at",
          "--set", f"teacher.path={tmp_path / 'runs' / 't'}", "--set", "student.arch=resnet8",
-         "--set", "distill.features=[{teacher_tap: stage3, student_tap: stage3, loss: at, weight: 10.0}]",
+         "--set", "method.losses=[{name: kd, weight: 0.9}, {name: at, weight: 10.0, teacher_layer_name: stage3, student_layer_name: stage3}]",
          *TINY_ARGS],
         capsys,
     )

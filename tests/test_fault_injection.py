@@ -27,16 +27,21 @@ def distill(tmp_path, teacher, *extra):
     "extra,message",
     [
         (["--set", "train.epoch=3"], "Unknown config key `train.epoch`. Did you mean `train.epochs`"),
-        (["--set", "train.epochs=ten"], "`train.epochs` must be an integer"),
-        (["--set", "distill.temperature=0"], "`distill.temperature` must be > 0"),
-        (["--set", "distill.temperature=-4"], "`distill.temperature` must be > 0"),
-        (["--set", "distill.alpha=0", "--set", "distill.ce_weight=0"], "All loss weights"),
-        (["--set", "distill.alpha=-1"], "`alpha` must be >= 0"),
-        (["--set", "data.subset_fraction=0"], "`subset_fraction` must be a fraction"),
-        (["--set", "distill.features=[{teacher_tap: stage9, student_tap: stage3, loss: at}]"],
+        (["--set", "train.epochs=ten"], "`train.epochs`: Input should be a valid integer"),
+        (["--set", "method.losses=[{name: kd, temperature: 0}]"], "`temperature` must be a finite number > 0"),
+        (["--set", "method.losses=[{name: kd, temperature: -4}]"], "`temperature` must be a finite number > 0"),
+        (["--set", "method.losses=[{name: kd, weight: 0}]", "--set", "method.student_loss_weight=0"],
+         "All loss weights"),
+        (["--set", "method.losses=[{name: kd, weight: -1}]"], "`method.losses[0].weight`: Input should be greater"),
+        (["--set", "data.subset_fraction=0"], "`data.subset_fraction`: Input should be greater than 0"),
+        (["--set", "method.losses=[{name: at, teacher_layer_name: stage9, student_layer_name: stage3}]"],
          "has no layer named 'stage9'. Available layers: "),
-        (["--set", "distill.features=[{teacher_tap: stage3, student_tap: stage3, loss: lp, loss_args: {k: 0}}]"],
+        (["--set", "method.losses=[{name: lp, k: 0, teacher_layer_name: stage3, student_layer_name: stage3}]"],
          "`k` must be an integer >= 1"),
+        # A dead term is refused before training, naming both outputs and their shapes.
+        (["--set", "method.losses=[{name: at, teacher_layer_name: stage3, student_layer_name: embedding}]"],
+         "Term 'at_loss' (AttentionTransferLoss) between teacher output 'stage3' (7, 7, 64) and student "
+         "output 'embedding' (64,) cannot train"),
         (["--set", "student.arch=resnet9"], "6n+2"),
         (["--set", "train.strategy=multiworker"], "needs the TF_CONFIG environment variable"),
     ],
@@ -70,8 +75,10 @@ def test_missing_and_corrupt_files(teacher_dir, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_diverging_run_stops_naming_the_loss_term_and_step(teacher_dir, tmp_path, capsys):
-    code = distill(tmp_path, teacher_dir, "--set", "train.learning_rate=1e12", "--set", "train.schedule=constant")
+@pytest.mark.parametrize("jit", ["false", "true"])
+def test_diverging_run_stops_naming_the_loss_term_and_step(teacher_dir, tmp_path, capsys, jit):
+    code = distill(tmp_path, teacher_dir, "--set", "train.learning_rate=1e12", "--set", "train.schedule=constant",
+                   "--set", f"train.jit_compile={jit}")
     assert code == 3
     err = capsys.readouterr().err
     assert "is not finite (NaN/Inf) at step" in err and "--resume" in err

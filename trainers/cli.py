@@ -1,4 +1,6 @@
-"""`keras-kd` command line: train-teacher, distill, evaluate, export, quickstart."""
+"""`keras-kd` command line: train (any registered method; train-teacher,
+distill and train-online are the same with another default method),
+methods, evaluate, export, quickstart."""
 
 from __future__ import annotations
 
@@ -21,8 +23,8 @@ def graph_error_summary(error: Exception) -> str:
     return text.strip().splitlines()[-1]
 
 
-#: command -> function of trainers.runs
-RUNS = {"train-teacher": "train_teacher", "distill": "distill", "train-online": "train_online"}
+#: run command -> the method used when the config names none.
+RUN_COMMANDS = {"train": "kd", "train-teacher": "ce", "distill": "kd", "train-online": "oemc"}
 
 
 def _add_run_args(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +43,7 @@ def _add_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resume", action="store_true", help="continue an interrupted run from its last epoch checkpoint."
     )
+    parser.add_argument("--method", help="shortcut for --set method=NAME (see `keras-kd methods`).")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,22 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="keras-kd", description="Knowledge distillation for Keras 3, from YAML configs."
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    teacher = commands.add_parser(
-        "train-teacher", help="train a teacher: cross-entropy, or SFTN (student-friendly, --method sftn)."
-    )
-    _add_run_args(teacher)
-    teacher.add_argument(
-        "--method", choices=["ce", "sftn"], help="shortcut for --set teacher_method=METHOD (default: config, ce)."
-    )
-    teacher.add_argument("--student-arch", help="SFTN: the student architecture (--set sftn.student_arch=ARCH).")
-    distill = commands.add_parser(
-        "distill", help="distill a student: KD/feature terms from a teacher, or EKD from several teachers."
-    )
-    _add_run_args(distill)
-    online = commands.add_parser(
-        "train-online", help="online ensemble compression: S students of decreasing width and their ensemble."
-    )
-    _add_run_args(online)
+    helps = {
+        "train": "train with any registered method (config `method.name`, default kd).",
+        "train-teacher": "train a teacher: cross-entropy (default), or --method sftn (student-friendly).",
+        "distill": "distill a student: `method: kd` (default; any losses) or `method: ekd` (several teachers).",
+        "train-online": "online ensemble compression (default `method: oemc`): S students and their ensemble.",
+    }
+    for command, text in helps.items():
+        run = commands.add_parser(command, help=text)
+        _add_run_args(run)
+        run.add_argument("--student-arch", help="SFTN: the student architecture (--set method.student_arch=ARCH).")
+    commands.add_parser("methods", help="list the registered methods with their options, and the losses.")
     evaluate = commands.add_parser("evaluate", help="test accuracy, params and FLOPs of a model.")
     evaluate.add_argument("model", help="a .keras file or a run folder.")
     evaluate.add_argument("--dataset", default="fashion_mnist")
@@ -85,6 +83,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def describe_methods() -> str:
+    """Every registered method with its options and defaults, then the losses."""
+    import inspect
+
+    from keras_kd import registry
+
+    lines = ["methods (config `method.name`; options are keys of the `method` section):"]
+    for name in registry.method_names():
+        method = registry.method(name)
+        lines.append(f"  {name}: {method.description}")
+        for option, parameter in method.options.items():
+            default = "required" if parameter.default is inspect.Parameter.empty else repr(parameter.default)
+            lines.append(f"      {option} = {default}")
+    lines.append("losses (entries of `method.losses` for `method: kd`):")
+    for name in registry.loss_names():
+        cls = registry.loss_class(name)
+        summary = (inspect.getdoc(cls) or "").split("\n")[0]
+        lines.append(f"  {name}: {cls.__name__} - {summary}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import tensorflow as tf
@@ -92,20 +111,25 @@ def main(argv: list[str] | None = None) -> int:
     from trainers import runs
     from trainers.config import ConfigError, load_config
 
+    from keras_kd.distillers.base import TrainingError
+
     try:
-        if args.command in RUNS:
-            overrides = list(args.overrides)
+        if args.command in RUN_COMMANDS:
+            overrides = []
+            if args.method:
+                overrides.append(f"method={args.method}")
+            overrides += list(args.overrides)
             if args.run_name:
                 overrides.append(f"run_name={args.run_name}")
             if args.output_dir:
                 overrides.append(f"output_dir={args.output_dir}")
-            if getattr(args, "method", None):
-                overrides.append(f"teacher_method={args.method}")
-            if getattr(args, "student_arch", None):
-                overrides.append(f"sftn.student_arch={args.student_arch}")
-            config = load_config(args.config, overrides)
-            run = getattr(runs, RUNS[args.command])
-            result = run(config, overwrite=args.overwrite, resume=args.resume)
+            if args.student_arch:
+                overrides.append(f"method.student_arch={args.student_arch}")
+            config = load_config(args.config, overrides, default_method=RUN_COMMANDS[args.command])
+            result = runs.train(config, overwrite=args.overwrite, resume=args.resume)
+        elif args.command == "methods":
+            print(describe_methods())
+            return 0
         elif args.command == "export":
             result = runs.export_run(
                 args.model, args.quantize, args.dataset, args.data_dir, args.output, args.max_images
@@ -119,11 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, runs.RunError, ValueError, FileNotFoundError) as error:
         print(f"keras-kd: error: {error}", file=sys.stderr)
         return 2
-    except tf.errors.InvalidArgumentError as error:
-        # In-graph checks: non-finite loss terms, labels out of range.
-        print(f"keras-kd: training stopped: {graph_error_summary(error)}", file=sys.stderr)
+    except TrainingError as error:
+        print(f"keras-kd: training stopped: {error}", file=sys.stderr)
         print("keras-kd: the last completed epoch is in the run's backup/ and checkpoints/; "
               "fix the cause and continue with --resume.", file=sys.stderr)
+        return 3
+    except tf.errors.InvalidArgumentError as error:
+        print(f"keras-kd: training stopped: {graph_error_summary(error)}", file=sys.stderr)
         return 3
     print(json.dumps(result, indent=2))
     return 0

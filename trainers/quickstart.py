@@ -31,7 +31,7 @@ def run(output_dir: str = "saved_models", epochs: int | None = None, retrain_tea
     teacher_dir = teacher_config.run_dir
     if retrain_teacher or not (teacher_dir / "model.keras").is_file():
         print(f"Training the teacher into {teacher_dir} ...", flush=True)
-        teacher = runs.train_teacher(teacher_config, overwrite=True)
+        teacher = runs.train(teacher_config, overwrite=True)
         teacher["role"] = "teacher (trained)"
     else:
         print(f"Reusing the teacher in {teacher_dir}", flush=True)
@@ -45,14 +45,14 @@ def run(output_dir: str = "saved_models", epochs: int | None = None, retrain_tea
         student_overrides.append(f"train.epochs={epochs}")
     base_config = load_config(
         CONFIGS / "kd_fmnist.yaml",
-        [*student_overrides, "run_name=student_baseline", "teacher.path=null"],
+        [*student_overrides, "run_name=student_baseline", "teacher.path=null", "method=ce"],
     )
     print("Training the student without distillation ...", flush=True)
-    baseline = runs.train_teacher(base_config, overwrite=True)
+    baseline = runs.train(base_config, overwrite=True)
     baseline["role"] = "student (CE only)"
     kd_config = load_config(CONFIGS / "kd_fmnist.yaml", [*student_overrides, "run_name=student_kd"])
     print("Distilling the student from the teacher ...", flush=True)
-    kd = runs.distill(kd_config, overwrite=True)
+    kd = runs.train(kd_config, overwrite=True)
     kd["role"] = "student (Hinton KD)"
     table = format_table([teacher, baseline, kd])
     print("\nFashion-MNIST, 10% class-balanced training subset, full test set:\n" + table, flush=True)

@@ -5,7 +5,6 @@ TensorBoard events, checkpoints, the final model and results under
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -17,31 +16,16 @@ import keras
 import yaml
 
 import keras_kd
-from keras_kd import data, models
-from trainers import methods
-from trainers.config import RunConfig, dump
+from keras_kd import data, models, registry
+from keras_kd.io import atomic_save, atomic_write_text
+from keras_kd.methods.oemc import exact_ratio
+from trainers.config import RunConfig, check_method, dump
 
 LOG = logging.getLogger("keras_kd")
 
 
 class RunError(RuntimeError):
     """A run cannot start or its inputs are unusable."""
-
-
-def atomic_save(model: keras.Model, path: Path) -> Path:
-    """Saves to a temporary file then renames, so a crash never leaves a truncated model."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    model.save(tmp)
-    os.replace(tmp, path)
-    return path
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def worker_index() -> int:
@@ -128,7 +112,7 @@ class EpochLogger(keras.callbacks.Callback):
         LOG.info("epoch %d: %s", epoch + 1, items)
 
 
-def datasets(config: RunConfig, teacher_cache=None):
+def datasets(config: RunConfig, teacher_cache=None, accept_augmentation: bool = False):
     """(train, test) pipelines from the `data` section (training batches carry
     the cached teacher outputs when `teacher_cache` is given)."""
     cfg = config.data
@@ -143,7 +127,7 @@ def datasets(config: RunConfig, teacher_cache=None):
         pad=cfg.pad,
         seed=config.seed,
         teacher_cache=teacher_cache,
-        accept_augmentation=config.distill.ekd.accept_augmentation,
+        accept_augmentation=accept_augmentation,
         **common,
     )
     test = data.load(cfg.name, "test", 512, **common)
@@ -157,7 +141,7 @@ def optimizer(config: RunConfig, steps_per_epoch: int) -> keras.optimizers.Optim
         lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=cfg.epochs * steps_per_epoch)
     wd = cfg.weight_decay or None
     if cfg.optimizer == "sgd":
-        return keras.optimizers.SGD(lr, momentum=cfg.momentum, nesterov=True, weight_decay=wd)
+        return keras.optimizers.SGD(lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=wd)
     if cfg.optimizer == "adamw":
         return keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay)
     return keras.optimizers.Adam(lr, weight_decay=wd)
@@ -201,20 +185,61 @@ def load_model_ref(ref: str) -> keras.Model:
         raise RunError(f"Cannot load model {path}: {error}") from error
 
 
-def build_model(section, config: RunConfig, role: str) -> keras.Model:
-    """The model of a `teacher`/`student` section; the trained one gets
-    synchronized BatchNorm when `train.sync_batchnorm` is set."""
-    meta = data.info(config.data.name)
-    if section.path:
-        model = load_model_ref(section.path)
-    elif not section.arch:
-        raise RunError(f"`{role}` needs `arch` (a zoo name) or `path` (a saved model).")
-    else:
-        ratio = methods.exact_ratio(section.width_ratio)
-        model = models.get(section.arch, meta.input_shape, meta.num_classes, width_ratio=ratio)
-    if config.train.sync_batchnorm and role != "teacher":
-        model = models.synchronize_batchnorm(model)
-    return model
+class RunBuildContext(registry.BuildContext):
+    """The models and data facts of one run, as method builders see them."""
+
+    def __init__(self, config: RunConfig):
+        self.config = config
+        meta = data.info(config.data.name)
+        self.input_shape = meta.input_shape
+        self.num_classes = meta.num_classes
+        self.sync_batchnorm = config.train.sync_batchnorm
+
+    def _model(self, section, role: str) -> keras.Model:
+        if section.path:
+            return load_model_ref(section.path)
+        if not section.arch:
+            raise RunError(f"`{role}` needs `arch` (a zoo name) or `path` (a saved model).")
+        ratio = exact_ratio(section.width_ratio)
+        return models.get(section.arch, self.input_shape, self.num_classes, width_ratio=ratio)
+
+    def teacher(self) -> keras.Model:
+        if not self.config.teacher.path:
+            raise RunError("`teacher.path` must name a trained teacher (.keras file or run folder).")
+        return self._model(self.config.teacher, "teacher")
+
+    def teachers(self) -> list[keras.Model]:
+        sections = self.config.teachers
+        if not sections:
+            raise RunError("This method needs a `teachers` list (one `path` per trained teacher).")
+        missing = [i for i, section in enumerate(sections) if not section.path]
+        if missing:
+            raise RunError(f"`teachers[{missing[0]}]` needs `path` (a trained teacher), not `arch`.")
+        teachers = [self._model(section, f"teachers[{i}]") for i, section in enumerate(sections)]
+        # Teachers loaded from runs of the same architecture share a name; the
+        # distiller (one Keras graph) needs distinct ones.
+        names = [t.name for t in teachers]
+        for i, teacher in enumerate(teachers, start=1):
+            if names.count(teacher.name) > 1:
+                teacher.name = f"{teacher.name}_{i}"
+        return teachers
+
+    def student(self) -> keras.Model:
+        return self._model(self.config.student, "student")
+
+    def trained_model(self) -> keras.Model:
+        teacher = self.config.teacher
+        if teacher.arch or teacher.path:
+            return self._model(teacher, "teacher")
+        return self._model(self.config.student, "student")
+
+    def student_arch(self) -> str:
+        if not self.config.student.arch:
+            raise RunError(f"`method: {self.config.method.name}` builds its networks from `student.arch` (a zoo name).")
+        return self.config.student.arch
+
+    def prepare(self, model: keras.Model) -> keras.Model:
+        return models.synchronize_batchnorm(model) if self.sync_batchnorm else model
 
 
 class RunSummaries(keras.callbacks.Callback):
@@ -230,7 +255,8 @@ class RunSummaries(keras.callbacks.Callback):
 
         with tf.summary.create_file_writer(self.logdir).as_default():
             tf.summary.text("config", "```\n" + dump(self.config) + "```", step=0)
-            hparams = {**dataclasses.asdict(self.config.distill), **dataclasses.asdict(self.config.train)}
+            hparams = {**{f"method.{k}": v for k, v in self.config.method.model_dump().items()},
+                       **self.config.train.model_dump()}
             rows = "\n".join(f"| {k} | {v} |" for k, v in hparams.items())
             tf.summary.text("hparams", "| hparam | value |\n|---|---|\n" + rows, step=0)
 
@@ -345,115 +371,72 @@ def run_context(config: RunConfig):
         keras.mixed_precision.set_global_policy("float32")
 
 
-def train_teacher(config: RunConfig, overwrite: bool = False, resume: bool = False) -> dict:
-    """Trains a plain model with cross-entropy (teacher, or a baseline student)."""
+def train(config: RunConfig, overwrite: bool = False, resume: bool = False) -> dict:
+    """Runs `config.method` (any registered method): builds its trainer, fits
+    it, saves the trainer and every network it delivers (`<name>.keras`),
+    projector embeddings and `results.json`, plus the method's own reports."""
     with run_context(config):
-        return _train_plain(config, overwrite, resume)
+        return _train(config, overwrite, resume)
 
 
-def distill(config: RunConfig, overwrite: bool = False, resume: bool = False) -> dict:
-    """Distills `student` from the saved `teacher` with the `distill` section."""
-    with run_context(config):
-        return _distill(config, overwrite, resume)
-
-
-def _train_plain(config: RunConfig, overwrite: bool, resume: bool) -> dict:
+def _train(config: RunConfig, overwrite: bool, resume: bool) -> dict:
     keras.utils.set_random_seed(config.seed)
-    section = config.teacher if (config.teacher.arch or config.teacher.path) else config.student
-    if config.teacher_method == "ce":
-        trainer = keras_kd.Supervised(build_model(section, config, "trained model"))
-    else:
-        trainer = methods.TEACHER_TRAINERS[config.teacher_method](config, build_model)
-    model = trainer.deployable()
+    method = registry.method(config.method.name)
+    try:
+        trainer = method.build(RunBuildContext(config), **check_method(config))
+    except (TypeError, ValueError) as error:
+        raise RunError(f"method {method.name}: {error}") from error
     run_dir = prepare_run_dir(config, overwrite, resume)
     try:
-        train, test = datasets(config)
-        seconds = _fit(trainer, config, train, test, run_dir, "trainer.keras")
-        atomic_save(model, run_dir / "model.keras")
-        write_run_projector(run_dir, model, test)
-        return _results(run_dir, trainer, test, seconds, {"run_dir": str(run_dir), "epochs": _epochs_done(run_dir)})
-    finally:
-        close_log()
-
-
-def _distill(config: RunConfig, overwrite: bool, resume: bool) -> dict:
-    keras.utils.set_random_seed(config.seed)
-    distiller = methods.DISTILLERS[config.distill.method](config, build_model)
-    student = distiller.student
-    run_dir = prepare_run_dir(config, overwrite, resume)
-    try:
-        train, test = datasets(config, methods.teacher_cache(config, distiller, run_dir))
-        seconds = _fit(distiller, config, train, test, run_dir, "distiller.keras")
-        atomic_save(distiller, run_dir / "distiller.keras")
-        atomic_save(student, run_dir / "student.keras")
-        extra = {"run_dir": str(run_dir), "epochs": _epochs_done(run_dir)}
-        if isinstance(distiller, keras_kd.EnsembleDistiller):
-            for index in range(1, distiller.num_teachers + 1):
-                atomic_save(models.extract_branch(student, index), run_dir / f"branch{index}.keras")
-            branches = [f"branch{i}_embedding" for i in range(1, distiller.num_teachers + 1)]
-            write_run_projector(run_dir, student, test, branches)
-            for index, teacher in enumerate(distiller.teachers, start=1):  # the paper's t-SNE compares them
-                write_run_projector(run_dir, teacher, test, folder=f"projector_teacher{index}")
-            extra["teachers"] = [section.path for section in config.teachers]
-        else:
-            write_run_projector(run_dir, student, test)
+        cache = teacher_cache(config, trainer, run_dir) if getattr(trainer, "use_teacher_cache", False) else None
+        train_data, test = datasets(config, cache, getattr(trainer, "accept_augmentation", False))
+        seconds = _fit(trainer, config, train_data, test, run_dir, "distiller.keras")
+        atomic_save(trainer, run_dir / "distiller.keras")
+        for name, model in trainer.deliverables().items():
+            atomic_save(model, run_dir / f"{name}.keras")
+        for folder, model, taps in trainer.projector_taps():
+            write_run_projector(run_dir, model, test, taps, folder)
+        extra = {"run_dir": str(run_dir), "epochs": _epochs_done(run_dir), "method": method.name}
+        if config.teacher.path:
             extra["teacher"] = config.teacher.path
-        return _results(run_dir, distiller, test, seconds, extra)
-    finally:
-        close_log()
-
-
-def train_online(config: RunConfig, overwrite: bool = False, resume: bool = False) -> dict:
-    """Online ensemble compression from scratch: every student and the ensemble
-    saved as `.keras` + `.tflite`, with `students.md` (params, MACs, accuracy,
-    size relative to student 1) beside them."""
-    with run_context(config):
-        return _train_online(config, overwrite, resume)
-
-
-def _train_online(config: RunConfig, overwrite: bool, resume: bool) -> dict:
-    keras.utils.set_random_seed(config.seed)
-    distiller = methods.build_online(config, build_model)
-    run_dir = prepare_run_dir(config, overwrite, resume)
-    try:
-        train, test = datasets(config)
-        seconds = _fit(distiller, config, train, test, run_dir, "distiller.keras")
-        atomic_save(distiller, run_dir / "distiller.keras")
-        results = _results(
-            run_dir, distiller, test, seconds, {"run_dir": str(run_dir), "epochs": _epochs_done(run_dir)}
-        )
-        results["students"] = _online_deliverables(distiller, run_dir, results)
-        atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
+        if config.teachers:
+            extra["teachers"] = [section.path for section in config.teachers]
+        results = _results(run_dir, trainer, test, seconds, extra)
+        reports = trainer.write_reports(run_dir, results)
+        if reports:
+            results.update(reports)
+            atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
         return results
     finally:
         close_log()
 
 
-def _online_deliverables(distiller, run_dir: Path, results: dict) -> list[dict]:
-    """Saves every student and the ensemble (.keras + .tflite); their test
-    accuracies are the ones the distiller's evaluation already reported."""
-    from keras_kd import export
+def teacher_cache(config: RunConfig, distiller, run_dir: Path):
+    """The run's teacher-output cache (built once under `<run>/teacher_cache`)."""
+    from keras_kd.data.cache import CacheError, TeacherOutputCache
 
-    networks = {f"student{j}": distiller.student_model(j) for j in range(1, distiller.num_students + 1)}
-    networks["ensemble"] = distiller.ensemble_model()
-    accuracies = {name: results[f"test_{name}_accuracy"] for name in networks if name != "ensemble"}
-    accuracies["ensemble"] = results["test_accuracy"]
-    rows = []
-    for name, model in networks.items():
-        atomic_save(model, run_dir / f"{name}.keras")
-        export.export_tflite(model, run_dir / f"{name}.tflite")
-        summary = models.summarize(model)
-        rows.append({"name": name, "params": summary.params, "macs": summary.macs, "test_accuracy": accuracies[name]})
-    for row in rows:
-        row["params_vs_student1"] = round(row["params"] / rows[0]["params"], 4)
-    table = ["| model | params | MACs | test acc (%) | params / student 1 |", "| --- | ---: | ---: | ---: | ---: |"]
-    table += [
-        f"| {r['name']} | {r['params']:,} | {r['macs']:,} | {100 * r['test_accuracy']:.2f} | {r['params_vs_student1']:.3f} |"
-        for r in rows
-    ]
-    atomic_write_text(run_dir / "students.md", "\n".join(table) + "\n")
-    LOG.info("students:\n%s", "\n".join(table))
-    return rows
+    cfg = config.data
+    images, _ = data.load_arrays(
+        cfg.name,
+        "train",
+        data_dir=cfg.data_dir,
+        subset_fraction=cfg.subset_fraction,
+        validation_fraction=cfg.validation_fraction,
+        subset_seed=cfg.subset_seed,
+    )
+    folder = run_dir / "teacher_cache"
+    try:
+        cache = TeacherOutputCache.load(folder)
+        cache.check_images(images)
+        distiller.check_cache(cache)
+        return cache
+    except CacheError:
+        return distiller.build_cache(
+            images,
+            lambda batch: data.standardize(batch, cfg.name),
+            folder,
+            verbose=1 if config.train.verbose else 0,
+        )
 
 
 def evaluate(ref: str, dataset: str, data_dir: str | None = None, batch_size: int = 512) -> dict:

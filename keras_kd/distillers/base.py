@@ -108,10 +108,11 @@ def check_weights(weights: dict[str, float]) -> dict[str, float]:
     return checked
 
 
-def output_shapes(view: keras.Model | None, model: keras.Model) -> dict[str, tuple]:
-    """Shapes (with batch) of every output of a tap view (or of the model's logits)."""
+def output_shapes(view: keras.Model | None, model: keras.Model, num_classes: int | None = None) -> dict[str, tuple]:
+    """Shapes (with batch) of every output of a tap view (or of the model's
+    logits; `(None, num_classes)` for a subclassed model, which has no symbolic outputs)."""
     if view is None or not isinstance(view.output, dict):
-        return {LOGITS: tuple(model.outputs[0].shape) if getattr(model, "outputs", None) else (None, None)}
+        return {LOGITS: tuple(model.outputs[0].shape) if getattr(model, "outputs", None) else (None, num_classes)}
     return {key: tuple(tensor.shape) for key, tensor in view.output.items()}
 
 
@@ -222,6 +223,11 @@ class BaseDistiller(_compat.MultiWorkerBuild, keras.Model):
         for TensorBoard's projector."""
         return [("projector", self.student, ["embedding"])]
 
+    def write_reports(self, run_dir, results: dict) -> dict:
+        """Extra files a run writes after its evaluation (hook of the CLI
+        runner); returns entries to add to `results.json`."""
+        return {}
+
     def compute_terms(self, x, y, student_outputs: dict, training: bool) -> list[LossTerm]:
         """The weighted loss terms for one batch (student already run once)."""
         raise NotImplementedError
@@ -317,7 +323,9 @@ class BaseDistiller(_compat.MultiWorkerBuild, keras.Model):
         return super().fit(*args, callbacks=[*(callbacks or []), TrainingGuard()], **kwargs)
 
     def evaluate(self, *args, callbacks=None, **kwargs):
-        return super().evaluate(*args, callbacks=[*(callbacks or []), TrainingGuard()], **kwargs)
+        if not isinstance(callbacks, keras.callbacks.CallbackList):  # fit's validation passes its own list,
+            callbacks = [*(callbacks or []), TrainingGuard()]  # which already holds a TrainingGuard
+        return super().evaluate(*args, callbacks=callbacks, **kwargs)
 
     @property
     def metrics(self):

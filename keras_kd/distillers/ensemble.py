@@ -178,9 +178,9 @@ class EnsembleDistiller(BaseDistiller):
         self.teacher_views = [
             tap_model(model, [embedding_layer]) if self.uses_embeddings else model for model in teacher_logits
         ]
-        student_shapes = output_shapes(self.student_view, self.student_logits)
+        student_shapes = output_shapes(self.student_view, self.student_logits, num_classes)
         for i, (branch, view) in enumerate(zip(branches, self.teacher_views, strict=True), start=1):
-            teacher_shapes = output_shapes(view if self.uses_embeddings else None, view)
+            teacher_shapes = output_shapes(view if self.uses_embeddings else None, view, num_classes)
             label = f"teacher {i} ({teachers[i - 1].name})"
             self.bind_loss(f"{branch}_kd_loss", self.kd_losses[i - 1], teacher_shapes, student_shapes, label)
             if self.uses_embeddings:

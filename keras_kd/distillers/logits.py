@@ -158,8 +158,8 @@ class Distiller(BaseDistiller):
         self.loss_names = names
         teacher_taps = [loss.teacher_key for loss in distillation_losses if loss.teacher_key != LOGITS]
         self.teacher_view = tap_model(teacher_logits, teacher_taps) if teacher_taps else teacher_logits
-        teacher_shapes = output_shapes(self.teacher_view if teacher_taps else None, teacher_logits)
-        student_shapes = output_shapes(self.student_view, self.student_logits)
+        teacher_shapes = output_shapes(self.teacher_view if teacher_taps else None, teacher_logits, num_classes)
+        student_shapes = output_shapes(self.student_view, self.student_logits, num_classes)
         for name, loss in zip(names, distillation_losses, strict=True):
             self.bind_loss(name, loss, teacher_shapes, student_shapes)
         self.mark_built()

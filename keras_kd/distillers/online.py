@@ -211,6 +211,37 @@ class OnlineEnsembleDistiller(BaseDistiller):
     def projector_taps(self) -> list:
         return []
 
+    def write_reports(self, run_dir, results: dict) -> dict:
+        """Every student and the ensemble as `.tflite` beside their `.keras`
+        files, and `students.md` (params, MACs, test accuracy, size relative
+        to student 1) from the accuracies in `results`."""
+        from pathlib import Path
+
+        from keras_kd import export
+        from keras_kd.io import atomic_write_text
+        from keras_kd.models.summary import summarize
+
+        run_dir = Path(run_dir)
+        rows = []
+        for name, model in self.deliverables().items():
+            export.export_tflite(model, run_dir / f"{name}.tflite")
+            summary = summarize(model)
+            accuracy = results["test_accuracy"] if name == "ensemble" else results[f"test_{name}_accuracy"]
+            rows.append({"name": name, "params": summary.params, "macs": summary.macs, "test_accuracy": accuracy})
+        for row in rows:
+            row["params_vs_student1"] = round(row["params"] / rows[0]["params"], 4)
+        table = [
+            "| model | params | MACs | test acc (%) | params / student 1 |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        table += [
+            f"| {r['name']} | {r['params']:,} | {r['macs']:,} | {100 * r['test_accuracy']:.2f} "
+            f"| {r['params_vs_student1']:.3f} |"
+            for r in rows
+        ]
+        atomic_write_text(run_dir / "students.md", "\n".join(table) + "\n")
+        return {"students": rows}
+
     def get_config(self) -> dict:
         return {
             "network": keras.saving.serialize_keras_object(self.student),

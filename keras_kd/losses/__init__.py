@@ -15,8 +15,9 @@ from keras_kd.losses.soft_target import SoftTargetLoss
 from keras_kd.registry import loss_class, loss_names
 
 
-def get(name: str, **kwargs) -> DistillationLoss:
-    """A registered loss by name with keyword arguments.
+def get(name: str, /, **kwargs) -> DistillationLoss:
+    """A registered loss by name with keyword arguments (`name=` among them
+    is the loss's metric name).
 
     >>> get("lp", k=3, teacher_layer_name="embedding", student_layer_name="embedding").k
     3

@@ -25,13 +25,19 @@ def _pool_to(features, size: tuple[int, int]):
     height, width = features.shape[1], features.shape[2]
     if (height, width) == size:
         return features
+    if height % size[0] or width % size[1] or height // size[0] != width // size[1]:
+        raise ValueError(f"AttentionTransferLoss cannot pool a {height}x{width} map to {size[0]}x{size[1]}.")
     factor = height // size[0]
     return ops.average_pool(features, factor, factor, padding="valid")
 
 
 @register_loss(
     "at",
-    SuiteRow("AT (stage3)", weight=1000.0, args={"teacher_layer_name": "stage3", "student_layer_name": "stage3"}),
+    SuiteRow(
+        "AT (stages 1-3)",
+        tuple({"weight": 1000.0, "teacher_layer_name": f"stage{i}", "student_layer_name": f"stage{i}"} for i in (1, 2, 3)),
+        order=2,
+    ),
 )
 class AttentionTransferLoss(DistillationLoss):
     """`mean((Q(A_s) - Q(A_t))^2)` over batch and positions, Q = attention map.

@@ -10,8 +10,12 @@ from keras_kd.registry import SuiteRow, register_loss
 
 @register_loss(
     "hint",
-    SuiteRow("FitNet (stage2 hint)", weight=100.0,
-             args={"teacher_layer_name": "stage2", "student_layer_name": "stage2"}),
+    SuiteRow(
+        "FitNet (stage2 hint)",
+        ({"weight": 100.0, "teacher_layer_name": "stage2", "student_layer_name": "stage2"},),
+        key="fitnet",
+        order=1,
+    ),
 )
 class HintLoss(DistillationLoss):
     """`mean((r(v) - u)^2)`: FitNet hints (Romero et al., ICLR 2015).

@@ -19,7 +19,11 @@ def _l2_normalize(x):
 
 @register_loss(
     "lp",
-    SuiteRow("LP (embedding)", weight=1.5, args={"teacher_layer_name": "embedding", "student_layer_name": "embedding"}),
+    SuiteRow(
+        "LP (embedding)",
+        ({"weight": 1.5, "k": 5, "teacher_layer_name": "embedding", "student_layer_name": "embedding"},),
+        order=3,
+    ),
 )
 class LocalityPreservingLoss(DistillationLoss):
     """The student keeps the teacher's in-batch neighbourhoods.

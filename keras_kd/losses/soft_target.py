@@ -16,7 +16,10 @@ def soft_target_kl(teacher_logits, student_logits, temperature: float):
     return (temperature * temperature) * ops.mean(kl)
 
 
-@register_loss("kd", SuiteRow("KD (T = 4)", weight=0.9, args={"temperature": 4.0}, student_loss_weight=0.1))
+@register_loss(
+    "kd",
+    SuiteRow("KD (ResNet20 teacher)", ({"weight": 0.9, "temperature": 4.0},), student_loss_weight=0.1, order=0),
+)
 class SoftTargetLoss(DistillationLoss):
     """Temperature-scaled KL divergence between teacher and student logits.
 
