@@ -23,7 +23,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmarks.report import write_section  # noqa: E402
-from keras_kd import Distiller, EnsembleDistiller, FeatureTerm, Supervised, data, losses, models  # noqa: E402
+from keras_kd import Distiller, EnsembleDistiller, Supervised, data, losses, models  # noqa: E402
 
 CE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 # Keras' jit_compile="auto" turns XLA on for these models even on CPU, where
@@ -67,9 +67,10 @@ def configurations(teacher, input_shape):
     def student():
         return models.get("resnet8", input_shape, 10)
 
-    def ours(features=(), alpha=0.9, ce_weight=0.1):
+    def ours(distillation_losses=None, weights=None, student_loss_weight=0.1):
         def build():
-            model = Distiller(student(), teacher, alpha=alpha, ce_weight=ce_weight, features=list(features))
+            model = Distiller(teacher=teacher, student=student(), distillation_losses=distillation_losses,
+                              distillation_loss_weights=weights, student_loss_weight=student_loss_weight)
             model.compile(optimizer="sgd", jit_compile=JIT)
             return model
         return build
@@ -105,13 +106,18 @@ def configurations(teacher, input_shape):
         "plain student fit (resnet8)": (plain, "fit"),
         "teacher inference (resnet20)": (lambda: teacher, "predict"),
         "keras_kd logit KD": (ours(), "fit"),
-        "keras_kd FitNet hint (stage2)": (ours([FeatureTerm("stage2", "stage2", losses.HintLoss(), 100.0)], 0.0, 1.0), "fit"),
+        "keras_kd FitNet hint (stage2)": (
+            ours([losses.HintLoss(teacher_layer_name="stage2", student_layer_name="stage2")], [100.0], 1.0), "fit"
+        ),
         "keras_kd attention transfer (stages 1-3)": (
-            ours([FeatureTerm(f"stage{i}", f"stage{i}", losses.AttentionTransferLoss(), 1000.0) for i in (1, 2, 3)], 0.0, 1.0),
+            ours([losses.AttentionTransferLoss(teacher_layer_name=f"stage{i}", student_layer_name=f"stage{i}")
+                  for i in (1, 2, 3)], [1000.0] * 3, 1.0),
             "fit",
         ),
         "keras_kd locality-preserving (embedding)": (
-            ours([FeatureTerm("embedding", "embedding", losses.LocalityPreservingLoss(5), 1.5)], 0.0, 1.0), "fit"
+            ours([losses.LocalityPreservingLoss(5, teacher_layer_name="embedding", student_layer_name="embedding")],
+                 [1.5], 1.0),
+            "fit",
         ),
         "keras.distillation logits": (keras_logits, "fit"),
         "keras.distillation logits + FeatureDistillation": (keras_features, "fit"),
@@ -127,21 +133,21 @@ def ensemble_configurations(ds, input_shape, cache_dir):
     images = tf.concat([x for x, _ in ds], axis=0).numpy()
     labels = tf.concat([y for _, y in ds], axis=0).numpy()
     batch = next(iter(ds))[0].shape[0]
-    probe = EnsembleDistiller(models.multibranch("resnet8", 3, input_shape, 10), teachers)
+    probe = EnsembleDistiller(teachers=teachers, student=models.multibranch("resnet8", 3, input_shape, 10))
     cache = probe.build_cache(images, lambda b: b, cache_dir, verbose=0)  # images are already scaled
     cached = tf.data.Dataset.from_tensor_slices(({"image": images, **cache.arrays}, labels))
     cached = cached.batch(batch, drop_remainder=True).cache().prefetch(tf.data.AUTOTUNE)
 
     def plain(branches):
         def build():
-            model = Supervised(models.multibranch("resnet8", branches, input_shape, 10))
+            model = Supervised(model=models.multibranch("resnet8", branches, input_shape, 10))
             model.compile(optimizer="sgd", jit_compile=JIT)
             return model
         return build
 
     def ekd(count):
         def build():
-            model = EnsembleDistiller(models.multibranch("resnet8", count, input_shape, 10), teachers[:count])
+            model = EnsembleDistiller(teachers=teachers[:count], student=models.multibranch("resnet8", count, input_shape, 10))
             model.compile(optimizer="sgd", jit_compile=JIT)
             return model
         return build

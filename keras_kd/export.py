@@ -7,6 +7,7 @@ import io
 import os
 import re
 import statistics
+import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -50,7 +51,8 @@ def convert(
     representative_data: Iterable | None = None,
     num_calibration: int = 200,
 ) -> bytes:
-    """TFLite flatbuffer of `model` (a distiller exports its student).
+    """TFLite flatbuffer of `model` (a distiller exports its student), through
+    Keras' `model.export(format="litert")`.
 
     `quantize`: `none` (float32), `dynamic` (int8 weights, float
     activations) or `int8` (int8 weights and activations, calibrated on
@@ -60,17 +62,21 @@ def convert(
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"`quantize` must be one of {QUANTIZATIONS}, got {quantize!r}.")
     model = deployable(model)
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    # Keras' own LiteRT export; builtin ops only (Keras also allows SELECT_TF_OPS,
+    # which would need the Flex delegate on the phone).
+    options = {"target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]}}
     if quantize != "none":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        options["optimizations"] = [tf.lite.Optimize.DEFAULT]
     if quantize == "int8":
         if representative_data is None:
             raise ValueError("int8 quantization needs representative_data (training images).")
-        converter.representative_dataset = _representative(representative_data, num_calibration)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        options["representative_dataset"] = _representative(representative_data, num_calibration)
+        options["target_spec"] = {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]}
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # Keras prints its SavedModel signature
-            return converter.convert()
+        with tempfile.TemporaryDirectory() as folder, contextlib.redirect_stdout(io.StringIO()):
+            target = os.path.join(folder, "model.tflite")
+            model.export(target, format="litert", verbose=False, **options)
+            return Path(target).read_bytes()
     except Exception as error:  # the converter raises several types
         ops = sorted(set(re.findall(r"'?(tf\.[A-Za-z0-9_]+)'?", str(error))))
         detail = f" Unsupported ops: {', '.join(ops)}." if ops else ""
@@ -119,7 +125,9 @@ class TFLiteRunner:
 
     def __init__(self, path: str | os.PathLike, output: str | None = None):
         self.interpreter = interpreter(path)
-        self.runner = self.interpreter.get_signature_runner("serving_default")
+        signatures = list(self.interpreter.get_signature_list())
+        key = "serving_default" if "serving_default" in signatures or not signatures else signatures[0]
+        self.runner = self.interpreter.get_signature_runner(key)
         details = self.runner.get_input_details()
         if len(details) != 1:
             raise ValueError(f"{path} has {len(details)} inputs; expected one image input.")

@@ -108,10 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import tensorflow as tf
 
+    from keras_kd.distillers.base import TrainingError
     from trainers import runs
     from trainers.config import ConfigError, load_config
-
-    from keras_kd.distillers.base import TrainingError
 
     try:
         if args.command in RUN_COMMANDS:
