@@ -40,7 +40,7 @@ def distill(tmp_path, teacher, *extra):
          "`k` must be an integer >= 1"),
         # A dead term is refused before training, naming both outputs and their shapes.
         (["--set", "method.losses=[{name: at, teacher_layer_name: stage3, student_layer_name: embedding}]"],
-         "Term 'at_loss' (AttentionTransferLoss) between teacher output 'stage3' (7, 7, 64) and student "
+         "Term 'at_loss' (AttentionTransferLoss) between teacher output 'stage3' (7, 7, 128) and student "
          "output 'embedding' (64,) cannot train"),
         (["--set", "student.arch=resnet9"], "6n+2"),
         (["--set", "train.strategy=multiworker"], "needs the TF_CONFIG environment variable"),

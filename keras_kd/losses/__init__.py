@@ -15,6 +15,16 @@ from keras_kd.losses.soft_target import SoftTargetLoss
 from keras_kd.registry import loss_class, loss_names
 
 
+def __getattr__(name: str):
+    """Every registered loss class by its class name (`losses.DISTLoss`), also
+    those added as new files of this package without editing this one."""
+    for registered in loss_names():
+        cls = loss_class(registered)
+        if cls.__name__ == name:
+            return cls
+    raise AttributeError(f"module 'keras_kd.losses' has no attribute {name!r}")
+
+
 def get(name: str, /, **kwargs) -> DistillationLoss:
     """A registered loss by name with keyword arguments (`name=` among them
     is the loss's metric name).
