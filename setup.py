@@ -4,7 +4,7 @@ from setuptools import find_packages, setup
 
 setup(
     name="keras-kd",
-    version="0.2.0",
+    version="0.3.0",
     description="Knowledge distillation for Keras 3: Hinton KD, feature distillation, "
     "ensemble, student-friendly teachers and online ensembles, inside model.fit.",
     long_description=open("README.md", encoding="utf-8").read(),
@@ -22,6 +22,7 @@ setup(
         "tensorboard>=2.21,<2.22",
         "numpy>=1.26",
         "pyyaml>=6",
+        "pydantic>=2.7,<3",
     ],
     extras_require={
         "gpu": ["tensorflow[and-cuda]>=2.21,<2.22"],

@@ -1,14 +1,15 @@
 """keras-kd: knowledge distillation for Keras 3, inside `model.fit`.
 
-Public API: `Distiller` (Hinton KD + feature terms, `FeatureTerm`),
+Public API: `Distiller` (Hinton KD + any registered losses),
 `EnsembleDistiller` (EKD), `SFTNTrainer` (student-friendly teachers),
 `OnlineEnsembleDistiller` (OEMC), `Supervised` (plain training),
-`keras_kd.losses`, `keras_kd.models` (zoo with feature taps, multi-branch
+`keras_kd.losses` (one contract, registered by name), `keras_kd.registry`,
+`keras_kd.models` (zoo with feature taps, multi-branch
 and online-ensemble builders, params/FLOPs), `keras_kd.data` (datasets,
 teacher-output cache).
 """
 
-from keras_kd import data, losses, models
+from keras_kd import data, losses, models, registry
 from keras_kd.distillers import (
     BaseDistiller,
     Distiller,
@@ -18,20 +19,25 @@ from keras_kd.distillers import (
     SFTNTrainer,
     Supervised,
 )
+from keras_kd.distillers.base import LabelRangeError, NonFiniteLossError, TrainingError
 from keras_kd.taps import tap_model
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "BaseDistiller",
     "Distiller",
     "EnsembleDistiller",
+    "LabelRangeError",
+    "NonFiniteLossError",
     "LossTerm",
     "OnlineEnsembleDistiller",
     "SFTNTrainer",
     "Supervised",
+    "TrainingError",
     "data",
     "losses",
     "models",
+    "registry",
     "tap_model",
 ]
