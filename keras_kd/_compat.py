@@ -69,24 +69,26 @@ def apply_gradients_if(optimizer, condition, gradients, variables) -> None:
     only exposed through `tf.__internal__`. `condition` must be equal on
     every replica (the caller all-reduces it).
     """
-    pairs = list(zip(gradients, variables, strict=True))
+    gradients, variables = list(gradients), list(variables)
 
-    def apply():
-        optimizer.apply_gradients(pairs)
+    def apply(gradients, variables):
+        optimizer.apply_gradients(list(zip(gradients, variables, strict=True)))
 
     if tf.__internal__.distribute.strategy_supports_no_merge_call() or not tf.distribute.has_strategy():
-        tf.cond(condition, lambda: _noop_after(apply), tf.no_op)
+        tf.cond(condition, lambda: _noop_after(lambda: apply(gradients, variables)), tf.no_op)
         return
 
-    def cross_replica(distribution, condition):
+    # The gradients travel through `merge_call` (as PerReplica values) so that
+    # each replica applies its own; a closure would see one replica's only.
+    def cross_replica(distribution, condition, gradients, variables):
         local = distribution.experimental_local_results(condition)[0]
 
         def apply_everywhere():
-            distribution.extended.call_for_each_replica(apply)
+            distribution.extended.call_for_each_replica(apply, args=(gradients, variables))
 
         tf.cond(local, lambda: _noop_after(apply_everywhere), tf.no_op)
 
-    tf.distribute.get_replica_context().merge_call(cross_replica, args=(condition,))
+    tf.distribute.get_replica_context().merge_call(cross_replica, args=(condition, gradients, variables))
 
 
 def _noop_after(function):

@@ -240,3 +240,22 @@ def test_tensorboard_event_files_hold_the_expected_tags(tmp_path, capsys):
     projector = board / "projector"
     assert (projector / "projector_config.pbtxt").is_file()
     assert len((projector / "metadata.tsv").read_text().splitlines()) == 300
+
+
+def test_validation_split_is_monitored_and_reported_apart_from_test(tmp_path, capsys):
+    code, out, err = run_cli(
+        ["train-teacher", "--output-dir", str(tmp_path), "--run-name", "v", "--set", "teacher.arch=cnn",
+         "--set", "data.validation_fraction=0.2", "--set", "train.weight_decay_mode=coupled", *TINY_ARGS],
+        capsys,
+    )
+    assert code == 0, err
+    result = json.loads(out)
+    assert {"validation_accuracy", "test_accuracy"} <= result.keys()
+    from trainers import runs
+
+    config = load_config(overrides=["data.name=synthetic", "data.validation_fraction=0.2"])
+    _, monitor, test = runs.datasets(config)
+    sizes = [sum(int(x.shape[0]) for x, _ in ds) for ds in (monitor, test)]
+    assert sizes[0] != sizes[1]  # fit watches the validation split, never the test set
+    saved = keras.models.load_model(tmp_path / "v" / "distiller.keras")
+    assert saved.l2_weight_decay == 5e-4

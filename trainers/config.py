@@ -72,6 +72,9 @@ class TrainConfig(Section):
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = True
     weight_decay: float = Field(5e-4, ge=0)
+    #: `decoupled`: Keras' optimizer option (w -= lr*wd*w); `coupled`: L2 added to the
+    #: gradient before momentum, PyTorch's SGD(weight_decay=...) as the KD papers used.
+    weight_decay_mode: Literal["decoupled", "coupled"] = "decoupled"
     schedule: Literal["cosine", "constant"] = "cosine"
     steps_per_epoch: int | None = Field(None, ge=1)
     validation_freq: int = Field(1, ge=1)

@@ -113,8 +113,11 @@ class EpochLogger(keras.callbacks.Callback):
 
 
 def datasets(config: RunConfig, teacher_cache=None, accept_augmentation: bool = False):
-    """(train, test) pipelines from the `data` section (training batches carry
-    the cached teacher outputs when `teacher_cache` is given)."""
+    """(train, monitor, test) pipelines from the `data` section (training
+    batches carry the cached teacher outputs when `teacher_cache` is given).
+    `monitor` is what `fit` validates on: the validation split when
+    `data.validation_fraction` is set (hyper-parameters are chosen on it,
+    never on the test set), else the test set."""
     cfg = config.data
     common = dict(data_dir=cfg.data_dir, subset_seed=cfg.subset_seed)
     train = data.load(
@@ -131,7 +134,10 @@ def datasets(config: RunConfig, teacher_cache=None, accept_augmentation: bool = 
         **common,
     )
     test = data.load(cfg.name, "test", 512, **common)
-    return train, test
+    monitor = test
+    if cfg.validation_fraction:
+        monitor = data.load(cfg.name, "validation", 512, validation_fraction=cfg.validation_fraction, **common)
+    return train, monitor, test
 
 
 def optimizer(config: RunConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
@@ -139,11 +145,11 @@ def optimizer(config: RunConfig, steps_per_epoch: int) -> keras.optimizers.Optim
     lr = cfg.learning_rate
     if cfg.schedule == "cosine":
         lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=cfg.epochs * steps_per_epoch)
-    wd = cfg.weight_decay or None
+    wd = (cfg.weight_decay or None) if cfg.weight_decay_mode == "decoupled" else None
     if cfg.optimizer == "sgd":
         return keras.optimizers.SGD(lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=wd)
     if cfg.optimizer == "adamw":
-        return keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay)
+        return keras.optimizers.AdamW(lr, weight_decay=wd or 0.0)
     return keras.optimizers.Adam(lr, weight_decay=wd)
 
 
@@ -292,6 +298,8 @@ def callbacks(run_dir: Path, model_file: str, config: RunConfig) -> list:
 def _fit(model, config, train, test, run_dir, model_file) -> float:
     """Compiles with the run's optimizer and XLA setting, trains with the run's
     callbacks; returns the wall-clock seconds."""
+    if config.train.weight_decay_mode == "coupled":
+        model.l2_weight_decay = config.train.weight_decay
     model.compile(optimizer=optimizer(config, steps_in(train, config)), jit_compile=jit_setting(config))
     (run_dir / "checkpoints").mkdir(exist_ok=True)
     start = time.perf_counter()
@@ -319,24 +327,27 @@ def _results(run_dir: Path, trainer, test, train_time: float, extra: dict) -> di
     every other accuracy the trainer reports (branches, students)."""
     model = trainer.deployable()
     summary = models.summarize(model)
-    metrics = trainer.evaluate(test, return_dict=True, verbose=0)
     results = {
         "model": model.name,
         "params": summary.params,
         "trainable_params": summary.trainable_params,
         "macs": summary.macs,
-        "test_accuracy": float(metrics["accuracy"]),
-        **{
-            f"test_{name}": float(value)
-            for name, value in metrics.items()
-            if name.endswith("_accuracy") and name != "accuracy"
-        },
+        **_accuracies(trainer, test, "test"),
         "train_time_s": round(train_time, 1),
         **extra,
     }
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
     LOG.info("results: %s", json.dumps(results))
     return results
+
+
+def _accuracies(trainer, dataset, prefix: str) -> dict:
+    """`{prefix}_accuracy` and every other accuracy the trainer reports
+    (`{prefix}_branch1_accuracy`, ...) on `dataset`."""
+    metrics = trainer.evaluate(dataset, return_dict=True, verbose=0)
+    return {
+        f"{prefix}_{name}": float(value) for name, value in metrics.items() if name.endswith("accuracy")
+    }
 
 
 def compile_for_evaluation(model: keras.Model) -> None:
@@ -389,8 +400,8 @@ def _train(config: RunConfig, overwrite: bool, resume: bool) -> dict:
     run_dir = prepare_run_dir(config, overwrite, resume)
     try:
         cache = teacher_cache(config, trainer, run_dir) if getattr(trainer, "use_teacher_cache", False) else None
-        train_data, test = datasets(config, cache, getattr(trainer, "accept_augmentation", False))
-        seconds = _fit(trainer, config, train_data, test, run_dir, "distiller.keras")
+        train_data, monitor, test = datasets(config, cache, getattr(trainer, "accept_augmentation", False))
+        seconds = _fit(trainer, config, train_data, monitor, run_dir, "distiller.keras")
         atomic_save(trainer, run_dir / "distiller.keras")
         for name, model in trainer.deliverables().items():
             atomic_save(model, run_dir / f"{name}.keras")
@@ -401,6 +412,8 @@ def _train(config: RunConfig, overwrite: bool, resume: bool) -> dict:
             extra["teacher"] = config.teacher.path
         if config.teachers:
             extra["teachers"] = [section.path for section in config.teachers]
+        if monitor is not test:
+            extra.update(_accuracies(trainer, monitor, "validation"))
         results = _results(run_dir, trainer, test, seconds, extra)
         reports = trainer.write_reports(run_dir, results)
         if reports:

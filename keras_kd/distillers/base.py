@@ -116,6 +116,16 @@ def output_shapes(view: keras.Model | None, model: keras.Model, num_classes: int
     return {key: tuple(tensor.shape) for key, tensor in view.output.items()}
 
 
+def images_of(inputs):
+    """The images of a batch: `inputs` itself, or `inputs["image"]` for dict
+    batches that carry extra columns (sample indices, cached teacher outputs)."""
+    if isinstance(inputs, dict):
+        if "image" not in inputs:
+            raise ValueError(f"Dict batches need an 'image' entry; got keys {sorted(inputs)}.")
+        return inputs["image"]
+    return inputs
+
+
 def _metric(identifier) -> keras.metrics.Metric:
     """A metric of (integer labels, student logits) from a compile() identifier."""
     if identifier in ("accuracy", "acc"):
@@ -154,6 +164,13 @@ class BaseDistiller(_compat.MultiWorkerBuild, keras.Model):
             step not applied) when a term becomes NaN/Inf.
         check_labels: stop with `LabelRangeError` when a label is outside
             `[0, num_classes)`.
+        l2_weight_decay: coupled L2 regularisation: `l2_weight_decay / 2 *
+            sum(v^2)` over every trainable variable is added to the loss, so
+            `l2_weight_decay * v` joins each gradient BEFORE momentum, exactly
+            PyTorch's `SGD(weight_decay=...)` used by the published KD
+            benchmarks. Keras' own `SGD(weight_decay=...)` is decoupled
+            (`v -= lr * wd * v` outside momentum), about `1 / (1 - momentum)`
+            times weaker at the same number.
         accuracy_outputs: keys of the `call(..., features=True)` dict (other
             than `"logits"`) whose top-1 accuracy is reported as
             `"{key}_accuracy"` (e.g. every branch of a multi-branch student).
@@ -169,9 +186,11 @@ class BaseDistiller(_compat.MultiWorkerBuild, keras.Model):
         check_finite: bool = True,
         check_labels: bool = True,
         accuracy_outputs: Sequence[str] = (),
+        l2_weight_decay: float = 0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.l2_weight_decay = check_non_negative("l2_weight_decay", l2_weight_decay)
         from keras_kd.distillers.checks import logits_model
 
         self.student = student
@@ -200,6 +219,15 @@ class BaseDistiller(_compat.MultiWorkerBuild, keras.Model):
             name="failure",
             aggregation="only_first_replica",
         )
+
+    def base_config(self) -> dict:
+        """The `get_config` entries every trainer shares."""
+        return {
+            "check_finite": self.check_finite,
+            "check_labels": self.check_labels,
+            "l2_weight_decay": self.l2_weight_decay,
+            "name": self.name,
+        }
 
     def mark_built(self) -> None:
         """Call at the end of a subclass `__init__`: every sub-network and loss
@@ -266,9 +294,12 @@ class BaseDistiller(_compat.MultiWorkerBuild, keras.Model):
                 part.build(student_shape)
             self.loss_parts[term] = part
 
-    def loss_value(self, term: str, loss: DistillationLoss, teacher: dict, student: dict, labels, training: bool):
+    def loss_value(
+        self, term: str, loss: DistillationLoss, teacher: dict, student: dict, labels, training: bool, inputs=None
+    ):
         """`loss` between `teacher[loss.teacher_key]` and `student[loss.student_key]`."""
         context = LossContext(
+            inputs=inputs,
             labels=labels,
             step=self.optimizer.iterations if getattr(self, "optimizer", None) is not None else 0,
             epoch=self.epoch,
@@ -282,7 +313,9 @@ class BaseDistiller(_compat.MultiWorkerBuild, keras.Model):
     # -- Keras plumbing ---------------------------------------------------------
 
     def call(self, inputs, training=None, features=False):
-        """Student logits; with `features=True`, a dict of logits and taps."""
+        """Student logits; with `features=True`, a dict of logits and taps.
+        Dict batches (`{"image": ..., <extra columns>}`) run on their images."""
+        inputs = images_of(inputs)
         if self.student_view is None:
             logits = self.student_logits(inputs, training=training)
             return {LOGITS: logits} if features else logits
@@ -347,8 +380,11 @@ class BaseDistiller(_compat.MultiWorkerBuild, keras.Model):
             terms = self.compute_terms(x, y, outputs, training=True)
             total = self._total(terms)
             regularization = self.trainable_losses()
+            if self.l2_weight_decay:
+                squares = [ops.sum(ops.square(ops.cast(v, "float32"))) for v in self.trainable_variables]
+                regularization.append(0.5 * self.l2_weight_decay * ops.sum(ops.stack(squares)))
             if regularization:
-                total = total + ops.cast(ops.sum(regularization), "float32")
+                total = total + ops.cast(ops.sum(ops.stack([ops.cast(r, "float32") for r in regularization])), "float32")
             # Gradients of the mean over the GLOBAL batch: divide by replicas.
             scaled = total / tf.distribute.get_strategy().num_replicas_in_sync
             scaled = self.optimizer.scale_loss(scaled)
@@ -416,8 +452,10 @@ class BaseDistiller(_compat.MultiWorkerBuild, keras.Model):
         bad_label = ops.cast(bad_label, "float32")
         context = tf.distribute.get_replica_context()
         if context is not None and context.num_replicas_in_sync > 1:
-            flags = context.all_reduce(tf.distribute.ReduceOp.MIN, flags)
-            bad_label = context.all_reduce(tf.distribute.ReduceOp.MAX, bad_label)
+            # tf.distribute.ReduceOp has only SUM and MEAN: gather, then min/max.
+            replicas = context.num_replicas_in_sync
+            flags = ops.min(ops.reshape(context.all_gather(flags[None], axis=0), (replicas, -1)), axis=0)
+            bad_label = ops.max(context.all_gather(ops.reshape(bad_label, (1,)), axis=0))
         ok = ops.all(flags > 0.5)
         term_index = ops.argmin(flags[1:])
         indices = ops.convert_to_tensor([self.term_names.index(n) for n in names], "int64")

@@ -205,11 +205,6 @@ class EnsembleDistiller(BaseDistiller):
     def num_teachers(self) -> int:
         return len(self.teachers)
 
-    def call(self, inputs, training=None, features=False):
-        if isinstance(inputs, dict):  # batches from a teacher-output cache
-            inputs = inputs["image"]
-        return super().call(inputs, training=training, features=features)
-
     def teacher_outputs(self, x) -> list[dict]:
         """Per teacher `{"logits": ..., embedding_layer: ...}`: from the cache
         columns when `x` is a cache batch, otherwise one inference pass each."""
@@ -289,9 +284,7 @@ class EnsembleDistiller(BaseDistiller):
             "embedding_layer": self.embedding_layer,
             "embedding_adapter": self.embedding_adapter,
             "branch_weighting": self.branch_weighting,
-            "check_finite": self.check_finite,
-            "check_labels": self.check_labels,
-            "name": self.name,
+            **self.base_config(),
         }
 
     @classmethod

@@ -13,6 +13,7 @@ from keras_kd.distillers.base import (
     check_weights,
     cross_entropy,
     deserialize_entries,
+    images_of,
     output_shapes,
     reject_positional,
 )
@@ -166,7 +167,7 @@ class Distiller(BaseDistiller):
 
     def teacher_outputs(self, x) -> dict:
         """Teacher logits and taps from one inference-mode pass, no gradient."""
-        outputs = self.teacher_view(x, training=False)
+        outputs = self.teacher_view(images_of(x), training=False)
         if not isinstance(outputs, dict):
             outputs = {LOGITS: outputs}
         return {key: ops.stop_gradient(value) for key, value in outputs.items()}
@@ -176,7 +177,8 @@ class Distiller(BaseDistiller):
         terms = [LossTerm("student_loss", self.student_loss_weight, cross_entropy(y, student_outputs[LOGITS]))]
         for name, loss, weight in zip(self.loss_names, self.distillation_losses, self.distillation_loss_weights,
                                       strict=True):
-            terms.append(LossTerm(name, weight, self.loss_value(name, loss, teacher, student_outputs, y, training)))
+            value = self.loss_value(name, loss, teacher, student_outputs, y, training, inputs=x)
+            terms.append(LossTerm(name, weight, value))
         return terms
 
     def get_config(self) -> dict:
@@ -186,9 +188,7 @@ class Distiller(BaseDistiller):
             "distillation_losses": [keras.saving.serialize_keras_object(loss) for loss in self.distillation_losses],
             "distillation_loss_weights": self.distillation_loss_weights,
             "student_loss_weight": self.student_loss_weight,
-            "check_finite": self.check_finite,
-            "check_labels": self.check_labels,
-            "name": self.name,
+            **self.base_config(),
         }
 
     @classmethod

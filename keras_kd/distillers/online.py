@@ -65,6 +65,8 @@ class OnlineEnsembleDistiller(BaseDistiller):
             see `online_ensemble`; defaults `(32, 32, 3)`, 10, 5, `(S-j)/S`).
         ce_weight, inter_weight, kd_weight: loss weights (>= 0, not all 0).
         temperature: softmax temperature `T` of the KD term (> 0).
+        kd_temperature_scaling: multiply each KD term by `T^2` (default, as
+            the authors' code); False follows the paper's equation.
         check_finite, check_labels: see `BaseDistiller`.
 
     Example:
@@ -94,6 +96,7 @@ class OnlineEnsembleDistiller(BaseDistiller):
         inter_weight: float = 0.15,
         kd_weight: float = 0.15,
         temperature: float = 2.0,
+        kd_temperature_scaling: bool = True,
         check_finite: bool = True,
         check_labels: bool = True,
         **kwargs,
@@ -144,9 +147,13 @@ class OnlineEnsembleDistiller(BaseDistiller):
         self.kd_weight = weights["kd_weight"]
         self.temperature = check_positive("temperature", temperature)
         self.view = ensemble_view(network)
+        self.kd_temperature_scaling = bool(kd_temperature_scaling)
         students = range(1, num + 1)
         self.kd_losses = {
-            f"student{j}": SoftTargetLoss(self.temperature, student_layer_name=f"student{j}") for j in students
+            f"student{j}": SoftTargetLoss(
+                self.temperature, temperature_scaling=self.kd_temperature_scaling, student_layer_name=f"student{j}"
+            )
+            for j in students
         }
         self.inter_losses = {
             f"student{j}_{stage}": HintLoss(
@@ -249,9 +256,8 @@ class OnlineEnsembleDistiller(BaseDistiller):
             "inter_weight": self.inter_weight,
             "kd_weight": self.kd_weight,
             "temperature": self.temperature,
-            "check_finite": self.check_finite,
-            "check_labels": self.check_labels,
-            "name": self.name,
+            "kd_temperature_scaling": self.kd_temperature_scaling,
+            **self.base_config(),
         }
 
     @classmethod

@@ -275,9 +275,7 @@ class SFTNTrainer(BaseDistiller):
             "lambda_ce": self.lambda_ce,
             "temperature": self.temperature,
             "share_student_blocks": self.share_student_blocks,
-            "check_finite": self.check_finite,
-            "check_labels": self.check_labels,
-            "name": self.name,
+            **self.base_config(),
         }
 
     @classmethod

@@ -65,9 +65,7 @@ class Supervised(BaseDistiller):
     def get_config(self) -> dict:
         return {
             "model": keras.saving.serialize_keras_object(self.student),
-            "check_finite": self.check_finite,
-            "check_labels": self.check_labels,
-            "name": self.name,
+            **self.base_config(),
         }
 
     @classmethod

@@ -30,9 +30,12 @@ class LossContext:
             created and owned by the distiller.
         teacher_outputs, student_outputs: every tapped output, by layer name,
             `"logits"` included (e.g. a feature loss that also needs logits).
+        inputs: the batch inputs as fed to `fit` (a dict when the dataset
+            carries extra columns, e.g. `{"image": ..., "index": ...}` for a
+            loss with a per-sample memory bank).
     """
 
-    __slots__ = ("labels", "step", "epoch", "training", "parts", "teacher_outputs", "student_outputs")
+    __slots__ = ("labels", "step", "epoch", "training", "parts", "teacher_outputs", "student_outputs", "inputs")
 
     def __init__(
         self,
@@ -43,7 +46,9 @@ class LossContext:
         parts: keras.layers.Layer | None = None,
         teacher_outputs: dict | None = None,
         student_outputs: dict | None = None,
+        inputs=None,
     ):
+        self.inputs = inputs
         self.labels = labels
         self.step = step
         self.epoch = epoch

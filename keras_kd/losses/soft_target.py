@@ -8,12 +8,13 @@ from keras_kd.losses.base import DistillationLoss, LossContext, check_positive, 
 from keras_kd.registry import SuiteRow, register_loss
 
 
-def soft_target_kl(teacher_logits, student_logits, temperature: float):
-    """`T^2 * mean_batch KL(softmax(z_t / T) || softmax(z_s / T))`."""
+def soft_target_kl(teacher_logits, student_logits, temperature: float, temperature_scaling: bool = True):
+    """`T^2 * mean_batch KL(softmax(z_t / T) || softmax(z_s / T))` (without
+    the `T^2` factor when `temperature_scaling` is False)."""
     log_p_teacher = ops.log_softmax(teacher_logits / temperature, axis=-1)
     log_p_student = ops.log_softmax(student_logits / temperature, axis=-1)
     kl = ops.sum(ops.exp(log_p_teacher) * (log_p_teacher - log_p_student), axis=-1)
-    return (temperature * temperature) * ops.mean(kl)
+    return (temperature * temperature if temperature_scaling else 1.0) * ops.mean(kl)
 
 
 @register_loss(
@@ -29,7 +30,8 @@ class SoftTargetLoss(DistillationLoss):
     (Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network",
     2015). Same role as `keras.distillation.LogitsDistillation`, whose
     `loss="kl_divergence"` computes the same value. Compares logits unless
-    layer names are given.
+    layer names are given. `temperature_scaling=False` drops the `T^2`
+    factor (OEMC's paper equation has none; its code has it).
 
     Example:
 
@@ -42,9 +44,10 @@ class SoftTargetLoss(DistillationLoss):
 
     metric_name = "distillation_loss"
 
-    def __init__(self, temperature: float = 4.0, **kwargs):
+    def __init__(self, temperature: float = 4.0, temperature_scaling: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.temperature = check_positive("temperature", temperature)
+        self.temperature_scaling = bool(temperature_scaling)
 
     def check_shapes(self, teacher_shape, student_shape):
         if len(teacher_shape) != 2 or len(student_shape) != 2 or teacher_shape[-1] != student_shape[-1]:
@@ -59,7 +62,10 @@ class SoftTargetLoss(DistillationLoss):
                 "SoftTargetLoss needs teacher and student logits with the same number of classes, got "
                 f"teacher {teacher_output.shape[-1]} and student {student_output.shape[-1]}."
             )
-        return soft_target_kl(teacher_output, student_output, self.temperature)
+        return soft_target_kl(teacher_output, student_output, self.temperature, self.temperature_scaling)
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "temperature": self.temperature}
+        config = {**super().get_config(), "temperature": self.temperature}
+        if not self.temperature_scaling:
+            config["temperature_scaling"] = False
+        return config

@@ -27,6 +27,7 @@ def build_oemc(
     inter_weight: NonNegative = 0.15,
     kd_weight: NonNegative = 0.15,
     temperature: Positive = 2.0,
+    kd_temperature_scaling: bool = True,
 ) -> OnlineEnsembleDistiller:
     """From scratch, `num_students` students of decreasing width built from
     `student.arch` (or explicit `width_ratios`) and their ensemble; the run
@@ -47,4 +48,5 @@ def build_oemc(
         inter_weight=inter_weight,
         kd_weight=kd_weight,
         temperature=temperature,
+        kd_temperature_scaling=kd_temperature_scaling,
     )
