@@ -3,6 +3,7 @@
     python -m benchmarks.run --suite quick            # 2-core CPU: 10% subset, 5 epochs
     python -m benchmarks.run --suite full             # GPU: full schedules, both data regimes
     python -m benchmarks.run --suite quick --only ekd # one group; finished cells are reused
+    python -m benchmarks.run --suite standard         # 2-core CPU, long schedules, validation split
 
 Each cell is a CLI config (trainers/configs/*.yaml plus overrides) run for
 several seeds; its run folder (config.yaml, train.log, history.csv,
@@ -46,6 +47,9 @@ class Protocol:
     sftn_epochs: int  # SFTN fine-tuning of the (reference) teacher
     teacher_epochs: int  # teachers trained on the full data (full regime)
     full_data_groups: tuple[str, ...]  # groups also run on the full training set
+    common: tuple[str, ...] = ()  # overrides of every cell (data split, optimizer protocol)
+    own_teachers: bool = False  # the 10% regime's teachers are trained by the suite (group `teachers`)
+    schedule_epochs: tuple[int, ...] = ()  # CE-baseline lengths of the `schedule` group (plateau check)
 
 
 SUITES = {
@@ -58,6 +62,16 @@ SUITES = {
     "full": Protocol(epochs=240, full_data_epochs=240, seeds=(0, 1, 2), root="saved_models/benchmarks_full",
                      sftn_epochs=60, teacher_epochs=240,
                      full_data_groups=("features", "ekd", "sftn", "online")),
+    # 2-core CPU, long enough to tell (efficacy issue): validation split held out of the
+    # training set (hyper-parameters are chosen on it), 10% of the rest for training,
+    # SGD with plain momentum and coupled L2 as the papers, teachers trained by the
+    # suite to convergence on the same images. `schedule` (run first) shows where the
+    # CE baseline plateaus; `epochs` follows from it.
+    "standard": Protocol(epochs=60, full_data_epochs=30, seeds=(0, 1, 2), root="saved_models/benchmarks_standard",
+                         sftn_epochs=30, teacher_epochs=120, full_data_groups=(),
+                         common=("data.validation_fraction=0.1", "train.weight_decay_mode=coupled",
+                                 "train.nesterov=false"),
+                         own_teachers=True, schedule_epochs=(15, 30, 60, 120)),
 }
 
 
@@ -140,7 +154,20 @@ def cells(suite: str) -> list[Cell]:
     """Every cell of a suite: the 10% rows, then their full-data twins
     (group `<group>_full`; teachers of that regime first, trained by the suite)."""
     p = SUITES[suite]
-    rows = base_cells(p)
+    student = ("student.arch=resnet8", "teacher.path=null", "method=ce")
+    first = [
+        Cell("schedule", f"baseline_{e}ep", f"ResNet8 alone (CE), {e} epochs", "train-teacher", "kd_fmnist.yaml",
+             (*student, f"train.epochs={e}", "train.validation_freq=1"), seeds=(0,))
+        for e in p.schedule_epochs
+    ]
+    if p.own_teachers:
+        first += [
+            Cell("teachers", f"teacher_{arch}", f"teacher {arch}", "train-teacher", "teacher_fmnist.yaml",
+                 (f"teacher.arch={arch}", f"train.epochs={p.teacher_epochs}", "train.validation_freq=1"),
+                 seeds=(0,))
+            for arch in TEACHERS
+        ]
+    rows = first + base_cells(p)
     twins = [c for c in rows if c.group in p.full_data_groups and c.key != "oemc_no_inter"]  # ablation: 10% only
     if "online" in p.full_data_groups:  # on the full data student 1 is not the features baseline
         twins.append(Cell("online", "alone_w5", "ResNet8 width 5/5 alone (CE)", "train-teacher", "kd_fmnist.yaml",
@@ -182,14 +209,16 @@ def resolve(suite: str, cell: Cell, seed: int):
         f"run_name={folder.name}",
         f"seed={seed}",
         f"train.epochs={p.epochs}",
-        f"train.validation_freq={p.epochs}",
+        *p.common,
         *(o.format(**teachers) for o in cell.overrides),
     ]
     config = load_config(CONFIGS / cell.config, overrides)
-    config.train.validation_freq = config.train.epochs
-    if cell.regime == "full":
+    if not any(o.startswith("train.validation_freq=") for o in cell.overrides):
+        config.train.validation_freq = config.train.epochs  # one evaluation, after the last epoch
+    if cell.regime == "full" or p.own_teachers:
+        group = "teachers_full" if cell.regime == "full" else "teachers"
         replacements = {
-            path: str(cell_dir(suite, Cell("teachers_full", f"teacher_{arch}", "", "", ""), 0))
+            path: str(cell_dir(suite, Cell(group, f"teacher_{arch}", "", "", ""), 0))
             for arch, path in TEACHERS.items()
         }
         for section in [config.teacher, *config.teachers]:
@@ -252,7 +281,8 @@ def main(argv=None) -> None:
     parser.add_argument("--suite", choices=sorted(SUITES), default="quick")
     parser.add_argument("--only", nargs="+", help="groups to run (features, ekd, sftn, online, online_full).")
     parser.add_argument("--report-only", action="store_true", help="rewrite docs/results.md from disk only.")
-    parser.add_argument("--docs", default="docs/results.md")
+    parser.add_argument("--docs", help="results page (default: docs/results.md; docs/results_<suite>.md "
+                        "for the other suites until the page is rebuilt around the standard suite).")
     parser.add_argument("--pause-file", help="wait before each cell while this file exists.")
     args = parser.parse_args(argv)
     global PAUSE_FILE
@@ -268,7 +298,8 @@ def main(argv=None) -> None:
                 run_cell(args.suite, cell, seed)
     from benchmarks import results_page
 
-    results_page.write(args.suite, collect(args.suite), cells(args.suite), args.docs)
+    docs = args.docs or ("docs/results.md" if args.suite == "quick" else f"docs/results_{args.suite}.md")
+    results_page.write(args.suite, collect(args.suite), cells(args.suite), docs)
 
 
 if __name__ == "__main__":
