@@ -181,3 +181,12 @@ def check_non_negative(name: str, value: float) -> float:
 def describe(shape) -> str:
     """`(8, 8, 64)` for a shape with batch `(None, 8, 8, 64)`."""
     return str(tuple(shape[1:]))
+
+
+def check_logit_shapes(method: str, teacher_shape, student_shape) -> None:
+    """Raises unless both shapes are `(batch, classes)` with the same class count."""
+    if len(teacher_shape) != 2 or len(student_shape) != 2 or teacher_shape[-1] != student_shape[-1]:
+        raise ValueError(
+            f"{method} needs (batch, classes) logits with the same number of classes; got teacher "
+            f"{describe(teacher_shape)} and student {describe(student_shape)}."
+        )

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from keras import ops
 
-from keras_kd.losses.base import DistillationLoss, LossContext, check_non_negative, check_positive, describe
+from keras_kd.losses.base import (
+    DistillationLoss,
+    LossContext,
+    check_logit_shapes,
+    check_non_negative,
+    check_positive,
+)
 from keras_kd.registry import SuiteRow, register_loss
 
 
@@ -50,11 +56,7 @@ class DISTLoss(DistillationLoss):
         self.tau = check_positive("tau", tau)
 
     def check_shapes(self, teacher_shape, student_shape):
-        if len(teacher_shape) != 2 or len(student_shape) != 2 or teacher_shape[-1] != student_shape[-1]:
-            raise ValueError(
-                "DIST needs (batch, classes) logits with the same number of classes; got teacher "
-                f"{describe(teacher_shape)} and student {describe(student_shape)}."
-            )
+        check_logit_shapes("DIST", teacher_shape, student_shape)
 
     def compute_loss(self, teacher_output, student_output, context: LossContext):
         p_s = ops.softmax(student_output / self.tau, axis=-1)

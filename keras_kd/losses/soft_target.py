@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from keras import ops
 
-from keras_kd.losses.base import DistillationLoss, LossContext, check_positive, describe
+from keras_kd.losses.base import DistillationLoss, LossContext, check_logit_shapes, check_positive
 from keras_kd.registry import SuiteRow, register_loss
 
 
@@ -50,11 +50,7 @@ class SoftTargetLoss(DistillationLoss):
         self.temperature_scaling = bool(temperature_scaling)
 
     def check_shapes(self, teacher_shape, student_shape):
-        if len(teacher_shape) != 2 or len(student_shape) != 2 or teacher_shape[-1] != student_shape[-1]:
-            raise ValueError(
-                "soft targets need (batch, classes) logits with the same number of classes; got teacher "
-                f"{describe(teacher_shape)} and student {describe(student_shape)}."
-            )
+        check_logit_shapes("soft targets", teacher_shape, student_shape)
 
     def compute_loss(self, teacher_output, student_output, context: LossContext):
         if teacher_output.shape[-1] != student_output.shape[-1]:
