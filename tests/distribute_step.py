@@ -1,8 +1,10 @@
 """Run by test_distribute.py in a fresh process: one training step on 2
 logical CPUs under MirroredStrategy must equal the same step on one device,
-for every trainer whose terms are batch means (Distiller + AT, Supervised,
-EnsembleDistiller, OnlineEnsembleDistiller). BatchNorm-free models, so
-per-replica batch statistics cannot differ."""
+for every trainer whose terms are batch means (Distiller + KD, AT and a hint
+regressor, Supervised, EnsembleDistiller, OnlineEnsembleDistiller).
+BatchNorm-free models, so per-replica batch statistics cannot differ. Then a
+NaN seen by ONE replica only must stop the step on BOTH (the checks are
+all-reduced): no weight, slot or iteration count changes anywhere."""
 
 import os
 import sys
@@ -20,11 +22,11 @@ import numpy as np  # noqa: E402
 from keras_kd import (  # noqa: E402
     Distiller,
     EnsembleDistiller,
-    FeatureTerm,
     OnlineEnsembleDistiller,
     Supervised,
     losses,
 )
+from keras_kd.distillers.base import LabelRangeError, NonFiniteLossError  # noqa: E402
 from keras_kd.models.multibranch import BranchEnsemble  # noqa: E402
 from keras_kd.models.online import online_ensemble  # noqa: E402
 
@@ -63,26 +65,32 @@ def bn_free_scaled(width_ratio):
 def make_distiller():
     student = bn_free(4, "student")
     distiller = Distiller(
-        student, bn_free(8, "teacher"), temperature=3.0, alpha=0.7,
-        features=[FeatureTerm("stage2", "stage2", losses.AttentionTransferLoss(), 50.0)],
+        teacher=bn_free(8, "teacher"), student=student,
+        distillation_losses=[
+            losses.SoftTargetLoss(3.0),
+            losses.AttentionTransferLoss(teacher_layer_name="stage2", student_layer_name="stage2"),
+            losses.HintLoss(teacher_layer_name="stage1", student_layer_name="stage1", regressor_batchnorm=False),
+        ],
+        distillation_loss_weights=[0.7, 50.0, 1.0],
+        student_loss_weight=0.3,
     )
     return distiller, student
 
 
 def make_supervised():
     student = bn_free(4, "student")
-    return Supervised(student), student
+    return Supervised(model=student), student
 
 
 def make_ensemble():
     student = bn_free_branches(2)
     teachers = [bn_free(8, "teacher_a"), bn_free(4, "teacher_b")]  # 8 != 4: one Dense adapter
-    return EnsembleDistiller(student, teachers, temperature=[2.0, 3.0], alpha=0.5, beta=2.0), student
+    return EnsembleDistiller(teachers=teachers, student=student, temperature=[2.0, 3.0], alpha=0.5, beta=2.0), student
 
 
 def make_online():
     network = online_ensemble(bn_free_scaled, (12, 12, 1), 10, num_students=3)
-    return OnlineEnsembleDistiller(network), network
+    return OnlineEnsembleDistiller(network=network), network
 
 
 FACTORIES = (make_distiller, make_supervised, make_ensemble, make_online)
@@ -114,4 +122,40 @@ for factory in FACTORIES:
     loss_gap = abs(single_logs["loss"][0] - mirrored_logs["loss"][0])
     print(f"{factory.__name__}: max weight difference {worst:.3g}, loss difference {loss_gap:.3g}")
     ok = ok and worst < 1e-5 and loss_gap < 1e-4
+
+
+def linear(name):
+    # No ReLU: oneDNN's fused conv+relu maps NaN to 0, which would hide the NaN.
+    return keras.Sequential([keras.Input((12, 12, 1)), keras.layers.Flatten(), keras.layers.Dense(10)], name=name)
+
+
+def refused_step_on_one_replica(strategy, images, labels, error_type):
+    """A bad batch whose bad half goes to the first replica only: the step is
+    refused on both, nothing changes, and fit raises `error_type`."""
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        distiller = Distiller(teacher=linear("teacher"), student=linear("student"))
+        distiller.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), jit_compile=False)
+    good = tf.data.Dataset.from_tensor_slices((x[:16], y[:16])).batch(16)
+    distiller.fit(good, epochs=1, verbose=0)  # momentum is non-zero from here
+    state = [*distiller.trainable_variables, *distiller.optimizer.variables]
+    before = [v.numpy() for v in state]
+    try:
+        distiller.fit(tf.data.Dataset.from_tensor_slices((images, labels)).batch(16), epochs=1, verbose=0)
+    except error_type as error:
+        message = str(error)
+    else:
+        raise AssertionError(f"the bad batch was not refused ({error_type.__name__})")
+    unchanged = all(np.array_equal(b, v.numpy()) for b, v in zip(before, state, strict=True))
+    iterations = int(distiller.optimizer.iterations.numpy())
+    print(f"refused step: {message}; unchanged {unchanged}; iterations {iterations}")
+    return unchanged and "at step 1" in message and iterations == 1
+
+
+nan_images = x[:16].copy()
+nan_images[:4] = np.nan
+ok = refused_step_on_one_replica(mirrored_strategy, nan_images, y[:16], NonFiniteLossError) and ok
+bad_labels = y[:16].copy()
+bad_labels[2] = 17
+ok = refused_step_on_one_replica(mirrored_strategy, x[:16], bad_labels, LabelRangeError) and ok
 sys.exit(0 if ok else 1)

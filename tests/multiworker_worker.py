@@ -12,7 +12,7 @@ strategy = tf.distribute.MultiWorkerMirroredStrategy()
 
 import keras  # noqa: E402
 
-from keras_kd import Distiller, FeatureTerm, losses  # noqa: E402
+from keras_kd import Distiller, losses  # noqa: E402
 
 
 def bn_free(width, name):
@@ -25,8 +25,12 @@ def bn_free(width, name):
 with strategy.scope():
     keras.utils.set_random_seed(0)
     distiller = Distiller(
-        bn_free(4, "student"), bn_free(8, "teacher"),
-        features=[FeatureTerm("stage1", "stage1", losses.AttentionTransferLoss(), 10.0)],
+        teacher=bn_free(8, "teacher"), student=bn_free(4, "student"),
+        distillation_losses=[
+            losses.SoftTargetLoss(4.0),
+            losses.AttentionTransferLoss(teacher_layer_name="stage1", student_layer_name="stage1"),
+        ],
+        distillation_loss_weights=[0.9, 10.0],
     )
     distiller.compile(optimizer=keras.optimizers.SGD(0.1), jit_compile=False)
     distiller.optimizer.build(distiller.trainable_variables)

@@ -8,3 +8,5 @@ def test_mirrored_strategy_step_matches_single_device():
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     assert result.stdout.count("max weight difference") == 4
+    assert result.stdout.count("unchanged True; iterations 1") == 2
+    assert "label 17 at step 1" in result.stdout

@@ -21,15 +21,22 @@ def make_teachers(names, shape=SHAPE):
     return [models.get(name, shape, 10) for name in names]
 
 
-@pytest.mark.parametrize("teacher_names", [("resnet8", "cnn"), ("cnn", "resnet8", "wrn_16_1")])
-def test_loss_matches_numpy(teacher_names):
+@pytest.mark.parametrize(
+    "teacher_names,embedding_adapter,branch_weighting",
+    [(("resnet8", "cnn"), "if_needed", "mean"),
+     (("cnn", "resnet8", "wrn_16_1"), "if_needed", "mean"),
+     (("resnet8", "cnn"), "always", "sum")],
+)
+def test_loss_matches_numpy(teacher_names, embedding_adapter, branch_weighting):
     teachers = make_teachers(teacher_names)
     n = len(teachers)
     student = models.multibranch("resnet8", n, SHAPE, 10)
     temperatures, alphas, betas = [2.0, 4.0, 3.0][:n], [1.0, 0.5, 2.0][:n], [1.0, 3.0, 0.5][:n]
     distiller = EnsembleDistiller(
-        student, teachers, temperature=temperatures, alpha=alphas, beta=betas, ce_weight=0.7, ensemble_weight=1.3
+        teachers=teachers, student=student, temperature=temperatures, alpha=alphas, beta=betas,
+        ce_weight=0.7, ensemble_weight=1.3, embedding_adapter=embedding_adapter, branch_weighting=branch_weighting,
     )
+    share = 1.0 / n if branch_weighting == "mean" else 1.0
     rng = np.random.default_rng(1)
     x = rng.normal(size=(6, *SHAPE)).astype("float32")
     y = np.array([0, 3, 9, 1, 3, 5], "int32")
@@ -42,15 +49,17 @@ def test_loss_matches_numpy(teacher_names):
     for i, teacher in enumerate(teachers, start=1):
         t = {k: np.asarray(v, np.float64) for k, v in tap_model(teacher, ["embedding"])(x, training=False).items()}
         h = s[f"branch{i}_embedding"]
-        if h.shape[-1] != t["embedding"].shape[-1]:  # the distiller's Dense adapter
-            h = h @ np.asarray(distiller.adapters[f"branch{i}"].kernel, np.float64)
+        adapter = distiller.loss_parts.get(f"branch{i}_embedding_loss")
+        if embedding_adapter == "always" or h.shape[-1] != t["embedding"].shape[-1]:  # the Dense adapter
+            assert adapter is not None and not adapter.use_bias
+            h = h @ np.asarray(adapter.kernel, np.float64)
         else:
-            assert f"branch{i}" not in distiller.adapters
+            assert adapter is None
         embedding = np.mean(np.sum((np_l2n(h) - np_l2n(t["embedding"])) ** 2, -1))
-        expected[f"branch{i}_ce_loss"] = (0.7 / n, np_cross_entropy(y, s[f"branch{i}"]))
+        expected[f"branch{i}_ce_loss"] = (0.7 * share, np_cross_entropy(y, s[f"branch{i}"]))
         kd = np_soft_target(t["logits"], s[f"branch{i}"], temperatures[i - 1])
-        expected[f"branch{i}_kd_loss"] = (alphas[i - 1] / n, kd)
-        expected[f"branch{i}_embedding_loss"] = (betas[i - 1] / n, embedding)
+        expected[f"branch{i}_kd_loss"] = (alphas[i - 1] * share, kd)
+        expected[f"branch{i}_embedding_loss"] = (betas[i - 1] * share, embedding)
     assert terms.keys() == expected.keys()
     for name, (weight, value) in expected.items():
         assert terms[name][0] == pytest.approx(weight), name
@@ -58,6 +67,32 @@ def test_loss_matches_numpy(teacher_names):
     total = sum(w * v for w, v in expected.values())
     got = float(distiller._total(distiller.compute_terms(x, y, outputs, training=False)))
     assert got == pytest.approx(total, rel=1e-4)
+    distiller.compile(optimizer="sgd")
+    logs = distiller.evaluate(x, y, batch_size=6, return_dict=True, verbose=0)
+    assert logs["loss"] == pytest.approx(total, rel=1e-4)
+    for name, (_, value) in expected.items():
+        assert logs[name] == pytest.approx(value, rel=1e-4, abs=1e-5), name
+
+
+def test_new_options_are_checked_and_saved(tmp_path):
+    teachers = make_teachers(("resnet8", "resnet8"))
+    student = models.multibranch("resnet8", 2, SHAPE, 10)
+    with pytest.raises(ValueError, match="branch_weighting"):
+        EnsembleDistiller(teachers=teachers, student=student, branch_weighting="max")
+    with pytest.raises(ValueError, match="adapter"):
+        EnsembleDistiller(teachers=teachers, student=student, embedding_adapter="sometimes")
+    distiller = EnsembleDistiller(teachers=teachers, student=student, embedding_adapter="always",
+                                  branch_weighting="sum")
+    assert sorted(distiller.loss_parts) == ["branch1_embedding_loss", "branch2_embedding_loss"]
+    x = np.random.default_rng(0).normal(size=(4, *SHAPE)).astype("float32")
+    distiller.compile(optimizer="sgd")
+    distiller.fit(x, np.arange(4), epochs=1, verbose=0)
+    distiller.save(tmp_path / "ekd.keras")
+    loaded = keras.models.load_model(tmp_path / "ekd.keras")
+    assert (loaded.embedding_adapter, loaded.branch_weighting) == ("always", "sum")
+    for key, part in distiller.loss_parts.items():
+        np.testing.assert_array_equal(np.asarray(loaded.loss_parts[key].kernel), np.asarray(part.kernel))
+    assert int(loaded.optimizer.iterations) == 1
 
 
 def test_softmax_ensemble_is_log_of_mean_probability():
@@ -71,7 +106,7 @@ def test_softmax_ensemble_is_log_of_mean_probability():
 def test_gradients_reach_every_branch_and_adapter_and_no_teacher():
     teachers = make_teachers(("resnet8", "cnn", "resnet8"))
     student = models.multibranch("resnet8", 3, SHAPE, 10)
-    distiller = EnsembleDistiller(student, teachers)
+    distiller = EnsembleDistiller(teachers=teachers, student=student)
     teacher_ids = {id(v) for t in teachers for v in t.weights}
     assert not teacher_ids & {id(v) for v in distiller.trainable_variables}
     x = np.random.default_rng(0).normal(size=(8, *SHAPE)).astype("float32")
@@ -85,8 +120,10 @@ def test_gradients_reach_every_branch_and_adapter_and_no_teacher():
     norms = {id(v): float(tf.norm(g)) for v, g in zip(distiller.trainable_variables, grads, strict=True) if g is not None}
     parts = {name: student.get_layer(name) for name in ("shared_stem", "branch1_body", "branch2_body", "branch3_body")}
     parts["branch1_head"] = student.get_layer("branch1_head")
-    parts["adapter of the cnn teacher"] = distiller.adapters["branch2"]
-    assert sorted(distiller.adapters) == ["branch2"]  # resnet8 teachers share the branch width
+    parts["adapter of the cnn teacher"] = distiller.loss_parts["branch2_embedding_loss"]
+    assert sorted(distiller.loss_parts) == ["branch2_embedding_loss"]  # resnet8 teachers share the branch width
+    student_ids = {id(v) for v in student.weights}
+    assert not student_ids & {id(v) for v in parts["adapter of the cnn teacher"].weights}
     for part, layer in parts.items():
         assert all(norms.get(id(v), 0) > 0 for v in layer.trainable_variables if "gamma" not in v.path), part
     before = [np.array(w) for t in teachers for w in t.weights]
@@ -99,20 +136,22 @@ def test_gradients_reach_every_branch_and_adapter_and_no_teacher():
 def test_teacher_count_must_match_branches_and_lists_match_teachers():
     student = models.multibranch("resnet8", 3, SHAPE, 10)
     with pytest.raises(ValueError, match="3 branches but 2 teachers"):
-        EnsembleDistiller(student, make_teachers(("cnn", "cnn")))
+        EnsembleDistiller(teachers=make_teachers(("cnn", "cnn")), student=student)
     with pytest.raises(ValueError, match="`temperature` has 2 values but there are 3 teachers"):
-        EnsembleDistiller(student, make_teachers(("cnn",) * 3), temperature=[1.0, 2.0])
+        EnsembleDistiller(teachers=make_teachers(("cnn",) * 3), student=student, temperature=[1.0, 2.0])
     with pytest.raises(ValueError, match="not a keras_kd multi-branch student"):
-        EnsembleDistiller(models.get("resnet8", SHAPE, 10), make_teachers(("cnn",)))
+        EnsembleDistiller(teachers=make_teachers(("cnn",)), student=models.get("resnet8", SHAPE, 10))
     wrong = [models.get("cnn", SHAPE, 10), models.get("cnn", SHAPE, 7), models.get("cnn", SHAPE, 10)]
     with pytest.raises(ValueError, match="predicts 7 classes"):
-        EnsembleDistiller(student, wrong)
+        EnsembleDistiller(teachers=wrong, student=student)
+    with pytest.raises(TypeError, match="needs `teachers=\\[...\\]`"):
+        EnsembleDistiller(teachers=[], student=student)
 
 
 def _cache_setup(tmp_path, beta=1.0):
     shape = data.info("synthetic").input_shape
     teachers = make_teachers(("resnet8", "cnn"), shape)
-    distiller = EnsembleDistiller(models.multibranch("resnet8", 2, shape, 10), teachers, beta=beta)
+    distiller = EnsembleDistiller(teachers=teachers, student=models.multibranch("resnet8", 2, shape, 10), beta=beta)
     images, labels = data.load_arrays("synthetic", "train", subset_fraction=0.05)
     cache = distiller.build_cache(images, lambda b: data.standardize(b, "synthetic"), tmp_path / "cache", verbose=0)
     return distiller, cache, images
@@ -151,10 +190,11 @@ def test_cache_refuses_augmentation_and_mismatches(tmp_path):
     with pytest.raises(CacheError, match="different training images"):
         data.load("synthetic", "train", 16, subset_fraction=0.05, subset_seed=3, augment=False, teacher_cache=cache)
     shape = data.info("synthetic").input_shape
-    other = EnsembleDistiller(models.multibranch("resnet8", 2, shape, 10), make_teachers(("cnn", "resnet8"), shape))
+    other = EnsembleDistiller(teachers=make_teachers(("cnn", "resnet8"), shape),
+                              student=models.multibranch("resnet8", 2, shape, 10))
     with pytest.raises(CacheError, match="holds outputs of teachers"):
         other.check_cache(cache)
-    with_embeddings = EnsembleDistiller(models.multibranch("resnet8", 2, shape, 10), distiller.teachers)
+    with_embeddings = EnsembleDistiller(teachers=distiller.teachers, student=models.multibranch("resnet8", 2, shape, 10))
     with pytest.raises(CacheError, match="logits only"):
         with_embeddings.check_cache(cache)
     (tmp_path / "cache" / "manifest.json").write_text("{not json")
@@ -197,7 +237,8 @@ def test_ensemble_export_equals_mean_of_branches_keras_and_tflite(tmp_path):
 def test_independent_branches_and_save_load_round_trip(tmp_path):
     student = models.multibranch("resnet8", 2, SHAPE, 10, shared_stem=False)
     assert "shared_stem" not in [layer.name for layer in student.layers]
-    distiller = EnsembleDistiller(student, make_teachers(("cnn", "resnet8")), temperature=[2.0, 3.0], beta=0.0)
+    distiller = EnsembleDistiller(teachers=make_teachers(("cnn", "resnet8")), student=student, temperature=[2.0, 3.0],
+                                  beta=0.0)
     distiller.compile(optimizer="sgd")
     x = np.random.default_rng(0).normal(size=(8, *SHAPE)).astype("float32")
     distiller.fit(x, np.arange(8) % 10, epochs=1, verbose=0)
@@ -210,10 +251,11 @@ def test_independent_branches_and_save_load_round_trip(tmp_path):
 def test_cache_of_other_teachers_and_unpooled_embeddings_are_refused(tmp_path):
     distiller, cache, _ = _cache_setup(tmp_path)
     shape = data.info("synthetic").input_shape
-    one = EnsembleDistiller(models.multibranch("resnet8", 1, shape, 10), distiller.teachers[:1], beta=0.0)
+    one = EnsembleDistiller(teachers=distiller.teachers[:1], student=models.multibranch("resnet8", 1, shape, 10), beta=0.0)
     ds = data.load("synthetic", "train", 10, subset_fraction=0.05, augment=False, teacher_cache=cache)
     x, y = next(iter(ds))
     with pytest.raises(ValueError, match="outputs of 2 teachers but the distiller has 1"):
         one.compute_terms(x, y, one(x, features=True), training=False)
-    with pytest.raises(ValueError, match="pooled"):
-        EnsembleDistiller(models.multibranch("resnet8", 1, SHAPE, 10), make_teachers(("cnn",)), embedding_layer="stage3")
+    with pytest.raises(ValueError, match=r"'stage3' \(4, 4, 128\).*'branch1_embedding' \(64,\).*pooled"):
+        EnsembleDistiller(teachers=make_teachers(("cnn",)), student=models.multibranch("resnet8", 1, SHAPE, 10),
+                          embedding_layer="stage3")

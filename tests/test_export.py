@@ -46,7 +46,7 @@ def test_float_dynamic_and_int8_parity_targets(trained, tmp_path):
 def test_distiller_exports_its_student(trained, tmp_path):
     model, train, test = trained
     student = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])
-    distiller = Distiller(student, model)
+    distiller = Distiller(teacher=model, student=student)
     path = export.export_tflite(distiller, tmp_path / "student.tflite")
     x = next(iter(test))[0].numpy()[:4]
     runner = export.TFLiteRunner(path)

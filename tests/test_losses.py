@@ -35,17 +35,25 @@ def test_soft_target_zero_when_equal_and_t_squared_scaling():
     np.testing.assert_allclose(ratio, 4.0, rtol=1e-5)
 
 
-def test_soft_target_gradient_only_reaches_student():
+def test_soft_target_gradients_match_analytic_values():
     teacher = tf.Variable(np.random.default_rng(2).normal(size=(4, 6)).astype("float32"))
     student = tf.Variable(np.zeros((4, 6), "float32"))
     with tf.GradientTape(persistent=True) as tape:
         value = SoftTargetLoss(4.0)(teacher, student)
-    assert tape.gradient(value, teacher) is None
+        stopped = SoftTargetLoss(4.0)(tf.stop_gradient(teacher), student)
     grad = tape.gradient(value, student).numpy()
     # d/dz_s of T^2 KL = T * (q - p) / batch
-    p = tf.nn.softmax(teacher / 4.0).numpy()
-    q = tf.nn.softmax(student / 4.0).numpy()
+    p = tf.nn.softmax(teacher / 4.0).numpy().astype(np.float64)
+    q = tf.nn.softmax(student / 4.0).numpy().astype(np.float64)
     np.testing.assert_allclose(grad, 4.0 * (q - p) / 4, rtol=1e-5, atol=1e-7)
+    # The loss does not stop gradients itself (SFTN trains its teacher through it):
+    # d/dz_t of T^2 KL = T * p * (log p - log q - KL) / batch. Frozen-teacher
+    # distillers pass stop_gradient outputs instead.
+    log_ratio = np.log(p) - np.log(q)
+    kl = np.sum(p * log_ratio, axis=-1, keepdims=True)
+    np.testing.assert_allclose(tape.gradient(value, teacher).numpy(), 4.0 * p * (log_ratio - kl) / 4,
+                               rtol=1e-4, atol=1e-7)
+    assert tape.gradient(stopped, teacher) is None
 
 
 @pytest.mark.parametrize("bad", [0, -1.0, float("nan")])
@@ -57,8 +65,32 @@ def test_soft_target_rejects_bad_temperature(bad):
 def test_soft_target_rejects_class_mismatch():
     with pytest.raises(ValueError, match="same number of classes"):
         SoftTargetLoss()(np.zeros((2, 10), "float32"), np.zeros((2, 5), "float32"))
+    with pytest.raises(ValueError, match=r"same number of classes; got teacher \(10,\) and student \(5,\)"):
+        SoftTargetLoss().check_shapes((None, 10), (None, 5))
+    with pytest.raises(ValueError, match=r"\(batch, classes\) logits"):
+        SoftTargetLoss().check_shapes((None, 4, 4, 10), (None, 10))
 
 
-def test_soft_target_config_round_trip():
+def test_soft_target_config_round_trip_and_registry():
+    import keras
+
+    from keras_kd import losses
+
     loss = SoftTargetLoss(2.5)
     assert SoftTargetLoss.from_config(loss.get_config()).temperature == 2.5
+    named = SoftTargetLoss(3.0, teacher_layer_name="head", student_layer_name="branch1", name="kd_branch1")
+    again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(named))
+    assert isinstance(again, SoftTargetLoss)
+    assert (again.temperature, again.teacher_key, again.student_key, again.name) == (3.0, "head", "branch1", "kd_branch1")
+    assert repr(named).startswith("SoftTargetLoss(")
+    kd = losses.get("kd", temperature=4)
+    assert isinstance(kd, SoftTargetLoss) and kd.temperature == 4.0 and kd.teacher_key == kd.student_key == "logits"
+    assert {"kd", "hint", "at", "lp", "embedding", "feature"} <= set(losses.loss_names())
+    for name, cls in (("hint", losses.HintLoss), ("at", losses.AttentionTransferLoss),
+                      ("lp", losses.LocalityPreservingLoss), ("embedding", losses.EmbeddingMimicryLoss),
+                      ("feature", losses.FeatureLoss)):
+        assert type(losses.get(name)) is cls
+    with pytest.raises(ValueError, match="kd2"):
+        losses.get("kd2")
+    with pytest.raises(ValueError, match="Bad arguments for loss 'kd'"):
+        losses.get("kd", temprature=4)

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from keras_kd import models
+from keras_kd.adapters import HintRegressor
 from keras_kd.distillers.online import OnlineEnsembleDistiller
 from keras_kd.models.layers import scale_channels
 from keras_kd.models.online import STAGES, components, extract_student, online_ensemble
@@ -23,7 +24,7 @@ def images(n=6, seed=1):
 
 
 def distiller(num_students=3, **kwargs):
-    return OnlineEnsembleDistiller("resnet8", input_shape=SHAPE, num_students=num_students, **kwargs)
+    return OnlineEnsembleDistiller(network="resnet8", input_shape=SHAPE, num_students=num_students, **kwargs)
 
 
 def branch_outputs(network, x):
@@ -33,7 +34,7 @@ def branch_outputs(network, x):
     return [[t.numpy() for t in branch(stem, training=False)] for branch in branches]
 
 
-def np_terms(outputs, adapters, y, temperature):
+def np_terms(outputs, parts, y, temperature):
     """Independent numpy reference of the three OEMC terms."""
     logits = [out[3].astype(np.float64) for out in outputs]
     ensemble = np.mean(logits, axis=0)
@@ -43,7 +44,7 @@ def np_terms(outputs, adapters, y, temperature):
     for b, stage in enumerate(STAGES):
         target = outputs[0][b].astype(np.float64)
         for j in range(2, len(outputs) + 1):
-            kernel = adapters[f"student{j}_{stage}"].kernel.numpy()[0, 0].astype(np.float64)  # (c_l, c_1)
+            kernel = parts[f"student{j}_{stage}"].transform.kernel.numpy()[0, 0].astype(np.float64)  # (c_l, c_1)
             mapped = np.einsum("bhwc,cd->bhwd", outputs[j - 1][b].astype(np.float64), kernel)
             inter += np.mean((target - mapped) ** 2)
     return ce, inter, kd
@@ -53,7 +54,7 @@ def test_terms_match_numpy_for_three_students():
     d = distiller(3, ce_weight=0.5, inter_weight=0.3, kd_weight=0.2, temperature=3.0)
     d.compile(optimizer="sgd")
     x, y = images(6), np.array([0, 3, 9, 1, 1, 5])
-    ce, inter, kd = np_terms(branch_outputs(d.student, x), d.adapters, y, 3.0)
+    ce, inter, kd = np_terms(branch_outputs(d.student, x), d.loss_parts, y, 3.0)
     terms = d.compute_terms(x, y, d(x, training=False, features=True), training=False)
     values = {term.name: float(term.value) for term in terms}
     np.testing.assert_allclose([values["ce_loss"], values["inter_loss"], values["kd_loss"]], [ce, inter, kd], rtol=1e-4)
@@ -71,12 +72,16 @@ def test_terms_match_numpy_for_three_students():
 def test_default_weights_and_adapter_shapes():
     d = distiller(4)
     assert (d.ce_weight, d.inter_weight, d.kd_weight, d.temperature) == (0.7, 0.15, 0.15, 2.0)
-    assert sorted(d.adapters) == sorted(f"student{j}_{s}" for j in (2, 3, 4) for s in STAGES)
+    assert sorted(d.loss_parts) == sorted(f"student{j}_{s}" for j in (2, 3, 4) for s in STAGES)
     for j in (2, 3, 4):
         for stage, channels in zip(STAGES, RESNET8, strict=True):
-            kernel = d.adapters[f"student{j}_{stage}"].kernel
+            part = d.loss_parts[f"student{j}_{stage}"]
+            assert isinstance(part, HintRegressor)
+            assert part.norm is None and part.act is None  # a plain 1x1 channel map
+            kernel = part.transform.kernel
             assert tuple(kernel.shape) == (1, 1, channels * (4 - j + 1) // 4, channels)
-            assert not d.adapters[f"student{j}_{stage}"].use_bias
+            assert not part.transform.use_bias
+            assert [w.path for w in part.weights] == [kernel.path]
 
 
 def gradients(d, x, y):
@@ -96,7 +101,7 @@ def test_adapters_are_trainable_get_gradients_and_are_not_in_the_network():
     x, y = images(4), np.arange(4)
     trainable = {id(v) for v in d.trainable_variables}
     network = {id(v) for v in d.student.weights}
-    adapter_vars = [v for a in d.adapters.values() for v in a.trainable_variables]
+    adapter_vars = [v for a in d.loss_parts.values() for v in a.trainable_variables]
     assert len(adapter_vars) == 6
     assert all(id(v) in trainable and id(v) not in network for v in adapter_vars)
     assert len(d.trainable_variables) == len(d.student.trainable_variables) + 6  # no duplicates
@@ -117,7 +122,7 @@ def test_intermediate_term_sends_no_gradient_to_the_pseudo_teacher():
         body = [v for v in branch.trainable_variables if not v.path.startswith("logits")]
         assert any(nonzero(grads[id(v)]) for v in body)
         assert not any(nonzero(grads[id(v)]) for v in branch.get_layer("logits").trainable_variables)
-    assert all(nonzero(grads[id(v)]) for a in d.adapters.values() for v in a.trainable_variables)
+    assert all(nonzero(grads[id(v)]) for a in d.loss_parts.values() for v in a.trainable_variables)
     assert any(nonzero(grads[id(v)]) for v in base.trainable_variables)  # the shared stem is trained
 
     # A real train step changes no trainable weight of the pseudo teacher's branch.
@@ -141,7 +146,7 @@ def test_extracted_students_match_the_ensemble():
         np.testing.assert_allclose(student(x, training=False).numpy(), out[3], atol=1e-6)
     ensemble = network(x, training=False).numpy()
     np.testing.assert_allclose(ensemble, np.mean([out[3] for out in inside], axis=0), atol=1e-6)
-    d = OnlineEnsembleDistiller(network)
+    d = OnlineEnsembleDistiller(network=network)
     assert d.ensemble_model() is network
     np.testing.assert_allclose(d.predict(x, verbose=0), ensemble, atol=1e-6)
     features = d(x, training=False, features=True)
@@ -220,14 +225,16 @@ def test_clear_errors():
     with pytest.raises(ValueError, match="'stage2', 'stage3'"):  # stem, stage1, logits only
         online_ensemble(lambda ratio: tiny_model(10, SHAPE), num_students=2)
     with pytest.raises(ValueError, match="not an online ensemble"):
-        OnlineEnsembleDistiller(models.get("resnet8", SHAPE, 10))
+        OnlineEnsembleDistiller(network=models.get("resnet8", SHAPE, 10))
     network = online_ensemble("resnet8", SHAPE, 10, num_students=2)
     with pytest.raises(ValueError, match="zoo name"):
-        OnlineEnsembleDistiller(network, num_students=2)
+        OnlineEnsembleDistiller(network=network, num_students=2)
     with pytest.raises(ValueError, match="zero"):
-        OnlineEnsembleDistiller(network, ce_weight=0, inter_weight=0, kd_weight=0)
+        OnlineEnsembleDistiller(network=network, ce_weight=0, inter_weight=0, kd_weight=0)
     with pytest.raises(ValueError, match="temperature"):
-        OnlineEnsembleDistiller(network, temperature=0)
+        OnlineEnsembleDistiller(network=network, temperature=0)
+    with pytest.raises(TypeError, match="online_ensemble"):
+        OnlineEnsembleDistiller(network=3)
     for bad in (0, 3, True):
         with pytest.raises(ValueError, match=r"1 \(pseudo teacher\) \.\. 2"):
             extract_student(network, bad)
@@ -247,8 +254,9 @@ def test_save_load_round_trip(tmp_path):
     assert len(loaded.optimizer.variables) == len(d.optimizer.variables)
     for new, old in zip(loaded.optimizer.variables, d.optimizer.variables, strict=True):
         np.testing.assert_array_equal(new.numpy(), old.numpy())
-    for key, adapter in d.adapters.items():
-        np.testing.assert_array_equal(loaded.adapters[key].kernel.numpy(), adapter.kernel.numpy())
+    assert sorted(loaded.loss_parts) == sorted(d.loss_parts)
+    for key, part in d.loss_parts.items():
+        np.testing.assert_array_equal(loaded.loss_parts[key].transform.kernel.numpy(), part.transform.kernel.numpy())
     for j in (1, 2, 3):
         np.testing.assert_allclose(loaded.student_model(j)(x).numpy(), d.student_model(j)(x).numpy(), atol=1e-6)
     logs = d.evaluate(x, y, batch_size=8, return_dict=True, verbose=0)

@@ -32,7 +32,7 @@ def ids(variables):
 def test_terms_and_total_loss_match_numpy():
     teacher = models.get("resnet14", SHAPE, 10)
     student = models.get("cnn", SHAPE, 10)
-    trainer = SFTNTrainer(teacher, student, lambda_t=0.5, lambda_kl=2.0, lambda_ce=1.5, temperature=3.0)
+    trainer = SFTNTrainer(teacher=teacher, student=student, lambda_t=0.5, lambda_kl=2.0, lambda_ce=1.5, temperature=3.0)
     trainer.compile(optimizer="sgd")
     x, y = data(8)
     logs = trainer.evaluate(x, y, batch_size=8, return_dict=True, verbose=0)
@@ -82,7 +82,7 @@ def branch_gradients(trainer, variables, x, y):
 def test_branch_terms_alone_train_the_teacher(lambda_kl, lambda_ce):
     teacher = models.get("resnet8", SHAPE, 10)
     trainer = SFTNTrainer(
-        teacher, models.get("resnet8", SHAPE, 10), lambda_t=0.0, lambda_kl=lambda_kl, lambda_ce=lambda_ce
+        teacher=teacher, student=models.get("resnet8", SHAPE, 10), lambda_t=0.0, lambda_kl=lambda_kl, lambda_ce=lambda_ce
     )
     x, y = data(8)
     first, second, head = teacher_block_variables(teacher)
@@ -104,7 +104,7 @@ def test_student_blocks_shared_by_default_and_copied_on_request():
     teacher = models.get("resnet8", SHAPE, 10)
     student = models.get("cnn", SHAPE, 10)
     stem, middle, head = (block.trainable_variables for block in split(student, ("stage1", "stage2")))
-    shared = SFTNTrainer(teacher, student)
+    shared = SFTNTrainer(teacher=teacher, student=student)
     transforms = [v for t in shared.transforms for v in t.trainable_variables]
     variables = shared.trainable_variables
     assert len(variables) == len(ids(variables))
@@ -112,7 +112,7 @@ def test_student_blocks_shared_by_default_and_copied_on_request():
     assert not ids(stem) & ids(variables)  # the student's first block is never used
 
     teacher = models.get("resnet8", SHAPE, 10)
-    separate = SFTNTrainer(teacher, student, share_student_blocks=False)
+    separate = SFTNTrainer(teacher=teacher, student=student, share_student_blocks=False)
     transforms = [v for t in separate.transforms for v in t.trainable_variables]
     variables = separate.trainable_variables
     branch_variables = ids(variables) - ids(teacher.trainable_variables) - ids(transforms)
@@ -129,7 +129,7 @@ def test_extracted_teacher_is_plain_trained_and_matches_trainer(tmp_path):
     teacher = models.get("resnet8", SHAPE, 10)
     layer_names = [layer.name for layer in teacher.layers]
     before = [v.numpy() for v in teacher.trainable_variables]
-    trainer = SFTNTrainer(teacher, models.get("cnn", SHAPE, 10), lambda_t=0.0)
+    trainer = SFTNTrainer(teacher=teacher, student=models.get("cnn", SHAPE, 10), lambda_t=0.0)
     trainer.compile(optimizer="sgd")
     x, y = data(8)
     trainer.fit(x, y, batch_size=4, epochs=1, verbose=0)
@@ -162,7 +162,7 @@ def test_extracted_teacher_is_plain_trained_and_matches_trainer(tmp_path):
 def test_heterogeneous_pairs_train(teacher_name, student_name):
     teacher = models.get(teacher_name, SHAPE, 10)
     student = models.get(student_name, SHAPE, 10)
-    trainer = SFTNTrainer(teacher, student)
+    trainer = SFTNTrainer(teacher=teacher, student=student)
     for transform, stage in zip(trainer.transforms, ("stage1", "stage2"), strict=True):
         assert transform.teacher_shape == tuple(student.get_layer(stage).output.shape[1:])
     trainer.compile(optimizer="sgd")
@@ -179,7 +179,7 @@ def test_fine_tuning_starts_from_the_pretrained_teacher():
         variable.assign(value)
     x, _ = data(4)
     reference = teacher(x, training=False).numpy()
-    trainer = SFTNTrainer(teacher, models.get("resnet8", SHAPE, 10))
+    trainer = SFTNTrainer(teacher=teacher, student=models.get("resnet8", SHAPE, 10))
     for variable, value in zip(trainer.teacher.trainable_variables, pretrained, strict=True):
         np.testing.assert_array_equal(variable.numpy(), value)
     np.testing.assert_allclose(trainer.predict(x, verbose=0), reference, atol=1e-5)
@@ -188,32 +188,32 @@ def test_fine_tuning_starts_from_the_pretrained_teacher():
 def test_clear_errors():
     teacher = models.get("resnet8", SHAPE, 10)
     with pytest.raises(ValueError, match="predicts 10 classes but student"):
-        SFTNTrainer(teacher, models.get("cnn", SHAPE, 5))
+        SFTNTrainer(teacher=teacher, student=models.get("cnn", SHAPE, 5))
     with pytest.raises(ValueError, match="same input shape|same images"):
-        SFTNTrainer(teacher, models.get("cnn", (32, 32, 1), 10))
+        SFTNTrainer(teacher=teacher, student=models.get("cnn", (32, 32, 1), 10))
     with pytest.raises(ValueError, match="same length"):
-        SFTNTrainer(teacher, models.get("cnn", SHAPE, 10), student_boundaries=("stage2",))
+        SFTNTrainer(teacher=teacher, student=models.get("cnn", SHAPE, 10), student_boundaries=("stage2",))
     with pytest.raises(ValueError, match="at least one block boundary"):
-        SFTNTrainer(teacher, models.get("cnn", SHAPE, 10), teacher_boundaries=(), student_boundaries=())
+        SFTNTrainer(teacher=teacher, student=models.get("cnn", SHAPE, 10), teacher_boundaries=(), student_boundaries=())
     with pytest.raises(ValueError, match="no layer named 'stage9'"):
-        SFTNTrainer(teacher, models.get("cnn", SHAPE, 10), teacher_boundaries=("stage1", "stage9"))
+        SFTNTrainer(teacher=teacher, student=models.get("cnn", SHAPE, 10), teacher_boundaries=("stage1", "stage9"))
     with pytest.raises(TypeError, match="sequence of layer names"):
-        SFTNTrainer(teacher, models.get("cnn", SHAPE, 10), teacher_boundaries="stage1")
+        SFTNTrainer(teacher=teacher, student=models.get("cnn", SHAPE, 10), teacher_boundaries="stage1")
     with pytest.raises(ValueError, match="all zero|are zero"):
-        SFTNTrainer(teacher, models.get("cnn", SHAPE, 10), lambda_t=0, lambda_kl=0, lambda_ce=0)
+        SFTNTrainer(teacher=teacher, student=models.get("cnn", SHAPE, 10), lambda_t=0, lambda_kl=0, lambda_ce=0)
     with pytest.raises(ValueError, match="temperature"):
-        SFTNTrainer(teacher, models.get("cnn", SHAPE, 10), temperature=0.0)
+        SFTNTrainer(teacher=teacher, student=models.get("cnn", SHAPE, 10), temperature=0.0)
     subclassed = SubclassedNet()
     subclassed(np.zeros((1, *SHAPE), "float32"))
     with pytest.raises(ValueError, match="not Functional"):
-        SFTNTrainer(teacher, subclassed)
+        SFTNTrainer(teacher=teacher, student=subclassed)
 
 
 @pytest.mark.parametrize("share", [True, False])
 def test_save_load_round_trip(tmp_path, share):
     trainer = SFTNTrainer(
-        models.get("resnet8", SHAPE, 10),
-        models.get("cnn", SHAPE, 10),
+        teacher=models.get("resnet8", SHAPE, 10),
+        student=models.get("cnn", SHAPE, 10),
         lambda_kl=2.0,
         temperature=4.0,
         share_student_blocks=share,
@@ -246,4 +246,4 @@ def test_frozen_teacher_is_refused():
     teacher = models.get("resnet8", (16, 16, 1), 10)
     teacher.trainable = False
     with pytest.raises(ValueError, match="frozen"):
-        SFTNTrainer(teacher, models.get("cnn", (16, 16, 1), 10))
+        SFTNTrainer(teacher=teacher, student=models.get("cnn", (16, 16, 1), 10))

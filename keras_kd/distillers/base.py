@@ -151,6 +151,9 @@ class TrainingGuard(keras.callbacks.Callback):
 
 
 class BaseDistiller(_compat.MultiWorkerBuild, keras.Model):
+    #: How error messages name the trained network.
+    trained_role = "student"
+
     """Frozen teacher(s), one student pass, weighted terms, metrics, checks.
 
     Args:
@@ -194,7 +197,7 @@ class BaseDistiller(_compat.MultiWorkerBuild, keras.Model):
         from keras_kd.distillers.checks import logits_model
 
         self.student = student
-        self.student_logits = logits_model(student, "student")
+        self.student_logits = logits_model(student, self.trained_role)
         self.num_classes = int(num_classes)
         self.student_taps = tuple(dict.fromkeys(t for t in student_taps if t != LOGITS))
         self.check_finite = bool(check_finite)

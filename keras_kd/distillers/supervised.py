@@ -33,6 +33,8 @@ class Supervised(BaseDistiller):
     ['accuracy', 'ce_loss', 'loss']
     """
 
+    trained_role = "model"
+
     def __init__(
         self,
         *args,
