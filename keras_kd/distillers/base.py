@@ -151,9 +151,6 @@ class TrainingGuard(keras.callbacks.Callback):
 
 
 class BaseDistiller(_compat.MultiWorkerBuild, keras.Model):
-    #: How error messages name the trained network.
-    trained_role = "student"
-
     """Frozen teacher(s), one student pass, weighted terms, metrics, checks.
 
     Args:
@@ -178,6 +175,9 @@ class BaseDistiller(_compat.MultiWorkerBuild, keras.Model):
             than `"logits"`) whose top-1 accuracy is reported as
             `"{key}_accuracy"` (e.g. every branch of a multi-branch student).
     """
+
+    #: How error messages name the trained network.
+    trained_role = "student"
 
     def __init__(
         self,
