@@ -50,6 +50,7 @@ class Protocol:
     common: tuple[str, ...] = ()  # overrides of every cell (data split, optimizer protocol)
     own_teachers: bool = False  # the 10% regime's teachers are trained by the suite (group `teachers`)
     schedule_epochs: tuple[int, ...] = ()  # CE-baseline lengths of the `schedule` group (plateau check)
+    tuning: bool = False  # run the `tuning` families (seed 0) and the rows chosen from them on validation
 
 
 SUITES = {
@@ -71,7 +72,7 @@ SUITES = {
                          sftn_epochs=30, teacher_epochs=120, full_data_groups=(),
                          common=("data.validation_fraction=0.1", "train.weight_decay_mode=coupled",
                                  "train.nesterov=false"),
-                         own_teachers=True, schedule_epochs=(15, 30, 60, 120)),
+                         own_teachers=True, schedule_epochs=(15, 30, 60, 120), tuning=True),
 }
 
 
@@ -87,6 +88,8 @@ class Cell:
     overrides: tuple[str, ...] = ()
     regime: str = "10%"
     seeds: tuple[int, ...] | None = None  # None: the protocol's seeds
+    family: str | None = None  # a candidate of this tuning family (judged on validation accuracy)
+    tuned: str | None = None  # this row takes the overrides of the best candidate of that family
 
 
 def loss_cells() -> list[Cell]:
@@ -94,9 +97,7 @@ def loss_cells() -> list[Cell]:
     rows = []
     for name, row in registry.suite_rows():
         entries = [{"name": name, **entry} for entry in row.losses]
-        flow = yaml.safe_dump(entries, default_flow_style=True, width=10**6).strip()
-        flow = flow.replace("{", "{{").replace("}", "}}")  # overrides are str.format templates
-        overrides = (f"method.losses={flow}", f"method.student_loss_weight={row.student_loss_weight}")
+        overrides = (_losses(*entries), f"method.student_loss_weight={row.student_loss_weight}")
         rows.append(Cell("features", row.key or name, row.label, "distill", "kd_fmnist.yaml", overrides))
     return rows
 
@@ -150,6 +151,69 @@ def base_cells(p: Protocol) -> list[Cell]:
     return rows
 
 
+def _losses(*entries: dict) -> str:
+    """`method.losses=[...]` as a --set override (a str.format template, braces doubled)."""
+    flow = yaml.safe_dump(list(entries), default_flow_style=True, width=10**6).strip()
+    return "method.losses=" + flow.replace("{", "{{").replace("}", "}}")
+
+
+def tuning_cells() -> list[Cell]:
+    """Hyper-parameter candidates, seed 0, judged on the validation split only,
+    and the rows that use the winner of each family (the protocol's seeds)."""
+    kd = "kd_fmnist.yaml"
+    lp = {"name": "lp", "k": 5, "teacher_layer_name": "embedding", "student_layer_name": "embedding"}
+    families = {
+        "kd": ("KD, T chosen on validation", kd, "distill", [
+            (f"t{t}", f"T = {t}", (_losses({"name": "kd", "weight": 0.9, "temperature": float(t)}),))
+            for t in (1, 2, 4, 8)
+        ]),
+        "lp": ("LP (+ CE), variant chosen on validation", "lp_fmnist.yaml", "distill", [
+            ("paper", "embedding, raw features, weight 1.5", ()),
+            *[(f"norm_w{w}", f"embedding, L2-normalised, weight {w}",
+               (_losses({**lp, "normalize": True, "weight": float(w)}),)) for w in (10, 100)],
+            ("hint_layer", "stage2 (hint/guided layer), weight 1.5",
+             (_losses({**lp, "teacher_layer_name": "stage2", "student_layer_name": "stage2", "weight": 1.5}),)),
+        ]),
+        "ekd": ("EKD, variant chosen on validation", "ekd_fmnist.yaml", "distill", [
+            (f"{w}_{a}", f"branch terms {w}, adapter {a}",
+             (f"method.branch_weighting={w}", f"method.embedding_adapter={a}"))
+            for w in ("mean", "sum") for a in ("if_needed", "always")
+        ]),
+        "oemc": ("OEMC, variant chosen on validation", "online_fmnist.yaml", "train-online", [
+            ("code", "as the authors' code (T^2 on KD)", ()),
+            ("paper", "as the paper's equation (no T^2)", ("method.kd_temperature_scaling=false",)),
+            ("no_inter", "without L_inter", ("method.inter_weight=0.0",)),
+        ]),
+    }
+    rows = []
+    for family, (label, config, kind, candidates) in families.items():
+        rows += [Cell("tuning", f"{family}_{key}", f"{family}: {text}", kind, config, overrides, seeds=(0,),
+                      family=family) for key, text, overrides in candidates]
+        rows.append(Cell("tuned", family, label, kind, config, tuned=family))
+    return rows
+
+
+def best_candidate(suite: str, family: str) -> Cell | None:
+    """The candidate of `family` with the highest validation accuracy (seed 0),
+    or None while any candidate is unfinished. Writes the comparison to
+    `<root>/tuning/<family>.json` (committed with the cells)."""
+    candidates = [c for c in cells(suite) if c.family == family]
+    scores = {}
+    for cell in candidates:
+        path = cell_dir(suite, cell, 0) / "results.json"
+        if not path.is_file():
+            return None
+        scores[cell.key] = json.loads(path.read_text()).get("validation_accuracy")
+    if any(score is None for score in scores.values()):
+        raise ValueError(f"Tuning family {family!r} needs data.validation_fraction: no validation_accuracy.")
+    best = max(candidates, key=lambda c: scores[c.key])  # first of equals
+    record = Path(SUITES[suite].root) / "tuning" / f"{family}.json"
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"validation_accuracy": scores, "chosen": best.key,
+                                  "overrides": list(best.overrides)}, indent=2) + "\n")
+    return best
+
+
 def cells(suite: str) -> list[Cell]:
     """Every cell of a suite: the 10% rows, then their full-data twins
     (group `<group>_full`; teachers of that regime first, trained by the suite)."""
@@ -167,7 +231,7 @@ def cells(suite: str) -> list[Cell]:
                  seeds=(0,))
             for arch in TEACHERS
         ]
-    rows = first + base_cells(p)
+    rows = first + base_cells(p) + (tuning_cells() if p.tuning else [])
     twins = [c for c in rows if c.group in p.full_data_groups and c.key != "oemc_no_inter"]  # ablation: 10% only
     if "online" in p.full_data_groups:  # on the full data student 1 is not the features baseline
         twins.append(Cell("online", "alone_w5", "ResNet8 width 5/5 alone (CE)", "train-teacher", "kd_fmnist.yaml",
@@ -212,6 +276,11 @@ def resolve(suite: str, cell: Cell, seed: int):
         *p.common,
         *(o.format(**teachers) for o in cell.overrides),
     ]
+    if cell.tuned:
+        best = best_candidate(suite, cell.tuned)
+        if best is None:
+            raise TuningPendingError(f"{cell.group}/{cell.key}: tuning family {cell.tuned!r} is not finished")
+        overrides += [o.format(**teachers) for o in best.overrides]
     config = load_config(CONFIGS / cell.config, overrides)
     if not any(o.startswith("train.validation_freq=") for o in cell.overrides):
         config.train.validation_freq = config.train.epochs  # one evaluation, after the last epoch
@@ -224,6 +293,10 @@ def resolve(suite: str, cell: Cell, seed: int):
         for section in [config.teacher, *config.teachers]:
             section.path = replacements.get(section.path, section.path)
     return config
+
+
+class TuningPendingError(RuntimeError):
+    """A tuned row whose candidates have not all finished yet."""
 
 
 def finished(folder: Path, config) -> dict | None:
@@ -295,7 +368,11 @@ def main(argv=None) -> None:
             if args.only and cell.group not in args.only:
                 continue
             for seed in cell.seeds or SUITES[args.suite].seeds:
-                run_cell(args.suite, cell, seed)
+                try:
+                    run_cell(args.suite, cell, seed)
+                except TuningPendingError as pending:
+                    print(f"[{args.suite}] skipped: {pending}", flush=True)
+                    break
     from benchmarks import results_page
 
     docs = args.docs or ("docs/results.md" if args.suite == "quick" else f"docs/results_{args.suite}.md")

@@ -57,3 +57,30 @@ def test_results_page_tables_from_fake_results(tmp_path):
     assert "| student2 | 500 | 500 | 78.00 | 80.00 | +2.56% |" in text
     assert "| student1 | 900 | 900 | 82.00 ± 1.63 | 83.00 | +1.22% |" in text
     assert "pending" in text
+
+
+def test_tuned_rows_take_the_candidate_best_on_validation(tmp_path, monkeypatch):
+    import dataclasses
+
+    import pytest
+
+    monkeypatch.setitem(run.SUITES, "standard", dataclasses.replace(run.SUITES["standard"], root=str(tmp_path)))
+    cells = run.cells("standard")
+    candidates = [c for c in cells if c.family == "kd"]
+    tuned = next(c for c in cells if c.tuned == "kd")
+    assert [c.key for c in candidates] == ["kd_t1", "kd_t2", "kd_t4", "kd_t8"]
+    with pytest.raises(run.TuningPendingError, match="tuning family 'kd' is not finished"):
+        run.resolve("standard", tuned, 0)
+    for cell, accuracy in zip(candidates, (0.81, 0.84, 0.83, 0.80), strict=True):
+        folder = run.cell_dir("standard", cell, 0)
+        folder.mkdir(parents=True)
+        # The test accuracy must play no part in the choice.
+        (folder / "results.json").write_text(json.dumps({"validation_accuracy": accuracy, "test_accuracy": 1 - accuracy}))
+    config = run.resolve("standard", tuned, 1)
+    assert config.method.losses[0]["temperature"] == 2.0 and config.seed == 1
+    assert config.data.validation_fraction == 0.1 and config.train.weight_decay_mode == "coupled"
+    record = json.loads((tmp_path / "tuning" / "kd.json").read_text())
+    assert record["chosen"] == "kd_t2" and record["validation_accuracy"]["kd_t8"] == 0.80
+    for cell in cells:
+        if not cell.tuned:
+            run.resolve("standard", cell, 0)  # every other cell resolves to a valid config
