@@ -180,8 +180,11 @@ def tuning_cells() -> list[Cell]:
             for w in ("mean", "sum") for a in ("if_needed", "always")
         ]),
         "oemc": ("OEMC, variant chosen on validation", "online_fmnist.yaml", "train-online", [
-            ("code", "as the authors' code (T^2 on KD)", ()),
-            ("paper", "as the paper's equation (no T^2)", ("method.kd_temperature_scaling=false",)),
+            ("code", "T^2 on KD (authors' code), L_inter also trains the stem", ()),
+            ("paper", "no T^2, L_inter trains the compressed branches only (the paper)",
+             ("method.kd_temperature_scaling=false", "method.inter_updates_stem=false")),
+            ("paper_t2", "T^2 on KD, L_inter trains the compressed branches only",
+             ("method.inter_updates_stem=false",)),
             ("no_inter", "without L_inter", ("method.inter_weight=0.0",)),
         ]),
     }

@@ -268,3 +268,24 @@ def test_save_load_round_trip(tmp_path):
     np.testing.assert_allclose(
         keras.models.load_model(tmp_path / "student2.keras")(x).numpy(), student(x).numpy(), atol=1e-6
     )
+
+
+def test_inter_term_can_leave_the_shared_stem_to_the_other_terms():
+    """`inter_updates_stem=False` (the paper): L_inter trains the compressed branches
+    and adapters only; the stem gets exactly the CE + KD update."""
+    x, y = images(4), np.arange(4)
+    weights = dict(ce_weight=0.7, inter_weight=0.15, kd_weight=0.15, inter_updates_stem=False)
+    restricted = distiller(3, **weights)
+    without_inter = distiller(3, **{**weights, "inter_weight": 0.0})
+    without_inter.set_weights(restricted.get_weights())
+    for d in (restricted, without_inter):
+        d.compile(optimizer=keras.optimizers.SGD(0.1))
+        d.fit(x, y, batch_size=4, epochs=1, verbose=0, shuffle=False)
+    stems = [components(d.student)[0].trainable_variables for d in (restricted, without_inter)]
+    for a, b in zip(*stems, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
+    branch = [components(d.student)[1][1].get_layer("stage1_block0_conv1").kernel.numpy()
+              for d in (restricted, without_inter)]
+    assert np.abs(branch[0] - branch[1]).max() > 1e-7  # L_inter still trains student 2
+    default = distiller(3, ce_weight=0.0, kd_weight=0.0, inter_weight=1.0)
+    assert default.inter_updates_stem and not restricted.get_config()["inter_updates_stem"]

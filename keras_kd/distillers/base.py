@@ -60,14 +60,19 @@ class LabelRangeError(TrainingError):
 
 
 class LossTerm:
-    """One weighted term of a distiller's objective, reported as its own metric."""
+    """One weighted term of a distiller's objective, reported as its own metric.
 
-    __slots__ = ("name", "weight", "value")
+    `frozen`: variables this term must not update (its gradient reaches every
+    other trainable variable), e.g. a shared stem that only some terms train.
+    """
 
-    def __init__(self, name: str, weight: float, value):
+    __slots__ = ("name", "weight", "value", "frozen")
+
+    def __init__(self, name: str, weight: float, value, frozen=()):
         self.name = name
         self.weight = weight
         self.value = value
+        self.frozen = tuple(frozen)
 
 
 def cross_entropy(labels, logits):
@@ -378,7 +383,8 @@ class BaseDistiller(_compat.MultiWorkerBuild, keras.Model):
         y, labels_ok, bad_label = self._checked_labels(y)
         state = self.forward_state()
         saved = [tf.identity(variable.value) for variable in state]
-        with tf.GradientTape() as tape:
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        with tf.GradientTape(persistent=True) as tape:
             outputs = self(x, training=True, features=True)
             terms = self.compute_terms(x, y, outputs, training=True)
             total = self._total(terms)
@@ -388,11 +394,21 @@ class BaseDistiller(_compat.MultiWorkerBuild, keras.Model):
                 regularization.append(0.5 * self.l2_weight_decay * ops.sum(ops.stack(squares)))
             if regularization:
                 total = total + ops.cast(ops.sum(ops.stack([ops.cast(r, "float32") for r in regularization])), "float32")
+            restricted = [term for term in terms if term.frozen and term.weight]
+            free = total - sum(term.weight * term.value for term in restricted) if restricted else total
             # Gradients of the mean over the GLOBAL batch: divide by replicas.
-            scaled = total / tf.distribute.get_strategy().num_replicas_in_sync
-            scaled = self.optimizer.scale_loss(scaled)
+            scaled = self.optimizer.scale_loss(free / replicas)
+            scaled_restricted = [self.optimizer.scale_loss(t.weight * t.value / replicas) for t in restricted]
         variables = self.trainable_variables
         gradients = tape.gradient(scaled, variables)
+        for term, value in zip(restricted, scaled_restricted, strict=True):
+            frozen = {id(v) for v in term.frozen}
+            extra = tape.gradient(value, variables)
+            gradients = [
+                g if e is None or id(v) in frozen else (e if g is None else g + e)
+                for g, e, v in zip(gradients, extra, variables, strict=True)
+            ]
+        del tape
         ok = self._record(terms, labels_ok, bad_label)
         _compat.apply_gradients_if(self.optimizer, ok, gradients, variables)
         for variable, value in zip(state, saved, strict=True):  # e.g. BatchNorm statistics of a refused step

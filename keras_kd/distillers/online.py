@@ -67,6 +67,9 @@ class OnlineEnsembleDistiller(BaseDistiller):
         temperature: softmax temperature `T` of the KD term (> 0).
         kd_temperature_scaling: multiply each KD term by `T^2` (default, as
             the authors' code); False follows the paper's equation.
+        inter_updates_stem: whether `inter_loss` also trains the shared stem
+            (default, our first reading) or, as the paper describes, only
+            the compressed students' branches and the adapters.
         check_finite, check_labels: see `BaseDistiller`.
 
     Example:
@@ -97,6 +100,7 @@ class OnlineEnsembleDistiller(BaseDistiller):
         kd_weight: float = 0.15,
         temperature: float = 2.0,
         kd_temperature_scaling: bool = True,
+        inter_updates_stem: bool = True,
         check_finite: bool = True,
         check_labels: bool = True,
         **kwargs,
@@ -148,6 +152,7 @@ class OnlineEnsembleDistiller(BaseDistiller):
         self.temperature = check_positive("temperature", temperature)
         self.view = ensemble_view(network)
         self.kd_temperature_scaling = bool(kd_temperature_scaling)
+        self.inter_updates_stem = bool(inter_updates_stem)
         students = range(1, num + 1)
         self.kd_losses = {
             f"student{j}": SoftTargetLoss(
@@ -207,7 +212,12 @@ class OnlineEnsembleDistiller(BaseDistiller):
         ]
         return [
             LossTerm("ce_loss", self.ce_weight, ops.sum(ops.stack(ce))),
-            LossTerm("inter_loss", self.inter_weight, ops.sum(ops.stack(inter))),
+            LossTerm(
+                "inter_loss",
+                self.inter_weight,
+                ops.sum(ops.stack(inter)),
+                frozen=() if self.inter_updates_stem else components(self.student)[0].trainable_variables,
+            ),
             LossTerm("kd_loss", self.kd_weight, ops.sum(ops.stack(kd))),
         ]
 
@@ -257,6 +267,7 @@ class OnlineEnsembleDistiller(BaseDistiller):
             "kd_weight": self.kd_weight,
             "temperature": self.temperature,
             "kd_temperature_scaling": self.kd_temperature_scaling,
+            "inter_updates_stem": self.inter_updates_stem,
             **self.base_config(),
         }
 

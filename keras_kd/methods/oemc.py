@@ -28,6 +28,7 @@ def build_oemc(
     kd_weight: NonNegative = 0.15,
     temperature: Positive = 2.0,
     kd_temperature_scaling: bool = True,
+    inter_updates_stem: bool = True,
 ) -> OnlineEnsembleDistiller:
     """From scratch, `num_students` students of decreasing width built from
     `student.arch` (or explicit `width_ratios`) and their ensemble; the run
@@ -49,4 +50,5 @@ def build_oemc(
         kd_weight=kd_weight,
         temperature=temperature,
         kd_temperature_scaling=kd_temperature_scaling,
+        inter_updates_stem=inter_updates_stem,
     )
