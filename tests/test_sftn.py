@@ -247,3 +247,27 @@ def test_frozen_teacher_is_refused():
     teacher.trainable = False
     with pytest.raises(ValueError, match="frozen"):
         SFTNTrainer(teacher=teacher, student=models.get("cnn", (16, 16, 1), 10))
+
+
+def test_warmup_trains_the_branches_with_the_teacher_frozen_then_everything():
+    teacher = models.get("resnet8", SHAPE, 10)
+    trainer = SFTNTrainer(teacher=teacher, student=models.get("cnn", SHAPE, 10), warmup_epochs=1)
+    trainer.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), jit_compile=True)
+    x, y = data(8)
+    teacher_weights = [w.numpy().copy() for w in teacher.weights]  # kernels and BN statistics
+    transform = trainer.transforms[0].trainable_variables[0]
+    transform_before = transform.numpy().copy()
+    epochs_seen = []
+
+    class Probe(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            epochs_seen.append([w.numpy().copy() for w in teacher.weights])
+
+    trainer.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[Probe()])
+    for before, after in zip(teacher_weights, epochs_seen[0], strict=True):  # epoch 1: frozen
+        np.testing.assert_array_equal(before, after)
+    assert not np.array_equal(transform_before, transform.numpy())
+    assert any(not np.array_equal(a, b) for a, b in zip(epochs_seen[0], epochs_seen[1], strict=True))
+    assert teacher.trainable and trainer.get_config()["warmup_epochs"] == 1
+    with pytest.raises(ValueError, match="`warmup_epochs` must be an integer >= 0"):
+        SFTNTrainer(teacher=models.get("resnet8", SHAPE, 10), student=models.get("cnn", SHAPE, 10), warmup_epochs=-1)

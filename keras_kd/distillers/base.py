@@ -360,8 +360,13 @@ class BaseDistiller(_compat.MultiWorkerBuild, keras.Model):
         if self.built:
             self.optimizer.build(self.trainable_variables)
 
+    def training_callbacks(self) -> list:
+        """Callbacks `fit` always installs (the safety checks; subclasses add
+        their own, e.g. SFTN's warm-up)."""
+        return [TrainingGuard()]
+
     def fit(self, *args, callbacks=None, **kwargs):
-        return super().fit(*args, callbacks=[*(callbacks or []), TrainingGuard()], **kwargs)
+        return super().fit(*args, callbacks=[*(callbacks or []), *self.training_callbacks()], **kwargs)
 
     def evaluate(self, *args, callbacks=None, **kwargs):
         if not isinstance(callbacks, keras.callbacks.CallbackList):  # fit's validation passes its own list,

@@ -61,6 +61,30 @@ def _rename(blocks: list[keras.Model], prefix: str) -> list[keras.Model]:
     return blocks
 
 
+class _TeacherWarmup(keras.callbacks.Callback):
+    """Freezes the teacher during the first `epochs` epochs (the optimizer was
+    built with every variable, so unfreezing needs no new slots) and retraces
+    the train step whenever the trainable set changes."""
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_begin(self, epoch, logs=None):
+        teacher = self.model.teacher
+        frozen = epoch < self.epochs
+        optimizer = self.model.optimizer
+        if not optimizer.built:  # without a strategy Keras builds it at the first trace
+            with self.model.distribute_strategy.scope():
+                optimizer.build(self.model.trainable_variables)
+        if teacher.trainable == frozen:
+            teacher.trainable = not frozen
+            self.model.make_train_function(force=True)
+
+    def on_train_end(self, logs=None):
+        self.model.teacher.trainable = True
+
+
 @keras.saving.register_keras_serializable(package="keras_kd")
 class SFTNTrainer(BaseDistiller):
     """Trains a student-friendly teacher (SFTN, stage 1 of SFTN distillation).
@@ -109,6 +133,11 @@ class SFTNTrainer(BaseDistiller):
         lambda_kl: weight of the teacher-branch KL term.
         lambda_ce: weight of the branches' cross-entropy.
         temperature: softmax temperature `tau` of the KL term (> 0).
+        warmup_epochs: the first `warmup_epochs` epochs train only the
+            transforms and the student branches, with the teacher frozen
+            (no update, no weight decay, inference-mode BatchNorm); then all
+            train jointly. Randomly initialised branches otherwise pull a
+            trained teacher down at the start of fine-tuning.
         share_student_blocks: one set of student blocks for all branches
             (default) or an independent copy per branch.
 
@@ -140,6 +169,7 @@ class SFTNTrainer(BaseDistiller):
         lambda_ce: float = 1.0,
         temperature: float = 1.0,
         share_student_blocks: bool = True,
+        warmup_epochs: int = 0,
         check_finite: bool = True,
         check_labels: bool = True,
         **kwargs,
@@ -210,6 +240,9 @@ class SFTNTrainer(BaseDistiller):
             SoftTargetLoss(temperature, student_layer_name=branch_key(i)) for i in range(1, num_branches + 1)
         ]
         self.share_student_blocks = bool(share_student_blocks)
+        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
+            raise ValueError(f"`warmup_epochs` must be an integer >= 0, got {warmup_epochs!r}.")
+        self.warmup_epochs = warmup_epochs
         self.mark_built()
 
     @staticmethod
@@ -239,6 +272,12 @@ class SFTNTrainer(BaseDistiller):
 
     def deliverables(self) -> dict:
         return {"model": self.teacher}
+
+    def training_callbacks(self) -> list:
+        callbacks = super().training_callbacks()
+        if self.warmup_epochs:
+            callbacks.append(_TeacherWarmup(self.warmup_epochs))
+        return callbacks
 
     def projector_taps(self) -> list:
         return [("projector", self.teacher, ["embedding"])]
@@ -275,6 +314,7 @@ class SFTNTrainer(BaseDistiller):
             "lambda_ce": self.lambda_ce,
             "temperature": self.temperature,
             "share_student_blocks": self.share_student_blocks,
+            "warmup_epochs": self.warmup_epochs,
             **self.base_config(),
         }
 

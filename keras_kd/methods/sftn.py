@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from pydantic import Field
+
 from keras_kd import models
 from keras_kd.distillers.sftn import SFTN_BOUNDARIES, SFTNTrainer
 from keras_kd.registry import BuildContext, NonNegative, Positive, register_method
@@ -17,6 +21,7 @@ def build_sftn(
     lambda_ce: NonNegative = 1.0,
     temperature: Positive = 1.0,
     share_student_blocks: bool = True,
+    warmup_epochs: Annotated[int, Field(ge=0)] = 0,
     teacher_boundaries: tuple[str, ...] = SFTN_BOUNDARIES,
     student_boundaries: tuple[str, ...] = SFTN_BOUNDARIES,
 ) -> SFTNTrainer:
@@ -34,4 +39,5 @@ def build_sftn(
         lambda_ce=lambda_ce,
         temperature=temperature,
         share_student_blocks=share_student_blocks,
+        warmup_epochs=warmup_epochs,
     )
