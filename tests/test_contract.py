@@ -15,7 +15,7 @@ from keras_kd import Distiller, EnsembleDistiller, OnlineEnsembleDistiller, SFTN
 from keras_kd.distillers.base import LabelRangeError, NonFiniteLossError, TrainingError
 from keras_kd.losses import AttentionTransferLoss, DistillationLoss, HintLoss, LossContext, SoftTargetLoss
 
-from conftest import np_cross_entropy, np_log_softmax, np_soft_target, tiny_model
+from conftest import SubclassedNet, np_cross_entropy, np_log_softmax, np_soft_target, tiny_model
 
 # -- 1. keyword-only trainers -------------------------------------------------------
 
@@ -120,16 +120,11 @@ def test_softmax_models_round_trip_and_sigmoid_is_read_before_activation(tmp_pat
     np.testing.assert_allclose(again["distillation_loss"], now["distillation_loss"], rtol=1e-5)
 
 
-class SoftmaxNet(keras.Model):
+class SoftmaxNet(SubclassedNet):
     """Subclassed: the softmax is inside call(), so it cannot be bypassed."""
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.flatten = keras.layers.Flatten()
-        self.dense = keras.layers.Dense(10)
-
     def call(self, inputs, training=False):
-        return ops.softmax(self.dense(self.flatten(inputs)))
+        return ops.softmax(super().call(inputs, training=training))
 
 
 def test_probabilities_that_cannot_be_bypassed_are_refused(batch):
