@@ -38,6 +38,10 @@ TEACHERS = {
 }
 
 
+#: Overrides that turn a distillation config into ResNet8 trained alone with cross-entropy.
+RESNET8_ALONE = ("student.arch=resnet8", "teacher.path=null", "method=ce")
+
+
 @dataclasses.dataclass(frozen=True)
 class Protocol:
     epochs: int  # 10% regime
@@ -104,9 +108,8 @@ def loss_cells() -> list[Cell]:
 
 def base_cells(p: Protocol) -> list[Cell]:
     """The rows of the 10% regime, in running order (later cells may read earlier ones)."""
-    student = ("student.arch=resnet8", "teacher.path=null", "method=ce")
     rows = [
-        Cell("features", "baseline", "ResNet8 alone (CE)", "train-teacher", "kd_fmnist.yaml", student),
+        Cell("features", "baseline", "ResNet8 alone (CE)", "train-teacher", "kd_fmnist.yaml", RESNET8_ALONE),
         *loss_cells(),
         Cell("features", "lpkd", "LP + KD", "distill", "lp_kd_fmnist.yaml"),
         Cell("ekd", "ekd", "EKD: 3-branch ResNet8 <- ResNet20, WRN-16-1, CNN", "distill", "ekd_fmnist.yaml"),
@@ -145,7 +148,7 @@ def base_cells(p: Protocol) -> list[Cell]:
                      "online_fmnist.yaml", ("method.inter_weight=0.0",)))
     rows += [
         Cell("online", f"alone_w{j}", f"ResNet8 width {j}/5 alone (CE)", "train-teacher", "kd_fmnist.yaml",
-             (*student, f"student.width_ratio={j / 5}"))
+             (*RESNET8_ALONE, f"student.width_ratio={j / 5}"))
         for j in (4, 3, 2, 1)
     ]
     return rows
@@ -221,10 +224,9 @@ def cells(suite: str) -> list[Cell]:
     """Every cell of a suite: the 10% rows, then their full-data twins
     (group `<group>_full`; teachers of that regime first, trained by the suite)."""
     p = SUITES[suite]
-    student = ("student.arch=resnet8", "teacher.path=null", "method=ce")
     first = [
         Cell("schedule", f"baseline_{e}ep", f"ResNet8 alone (CE), {e} epochs", "train-teacher", "kd_fmnist.yaml",
-             (*student, f"train.epochs={e}", "train.validation_freq=1"), seeds=(0,))
+             (*RESNET8_ALONE, f"train.epochs={e}", "train.validation_freq=1"), seeds=(0,))
         for e in p.schedule_epochs
     ]
     if p.own_teachers:

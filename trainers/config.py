@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -134,13 +135,11 @@ def _message(error: dict, root: type[BaseModel], prefix: str = "") -> str:
 
 
 def _method_options_model(method: registry.Method) -> type[BaseModel]:
+    hints = typing.get_type_hints(method.build, include_extras=True)  # resolves postponed annotations
     fields = {}
     for name, parameter in method.options.items():
-        annotation = parameter.annotation if parameter.annotation is not inspect.Parameter.empty else Any
-        if isinstance(annotation, str):  # postponed annotations
-            annotation = eval(annotation, vars(inspect.getmodule(method.build)))  # noqa: S307
         default = ... if parameter.default is inspect.Parameter.empty else parameter.default
-        fields[name] = (annotation, default)
+        fields[name] = (hints.get(name, Any), default)
     return pydantic.create_model(
         f"{method.name}_options", __config__=ConfigDict(extra="forbid", allow_inf_nan=False, validate_default=True), **fields
     )
@@ -170,6 +169,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), yaml.safe_load(raw)
 
 
+def _method_section(value):
+    """`method: NAME` is short for `method: {name: NAME}`."""
+    return {"name": value} if isinstance(value, str) else value
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: list[str] = (),
@@ -192,24 +196,22 @@ def load_config(
             raise ConfigError(f"Config file {path} is not valid YAML: {error}") from error
         if not isinstance(raw, dict):
             raise ConfigError(f"Config file {path} must hold a mapping at the top level.")
-    if default_method and "name" not in (raw.get("method") or {}) and not isinstance(raw.get("method"), str):
-        raw["method"] = {**(raw.get("method") or {}), "name": default_method}
+    if "method" in raw:
+        raw["method"] = _method_section(raw["method"])
+    if default_method:
+        raw["method"] = {"name": default_method, **(raw.get("method") or {})}
     for text in overrides:
         keys, value = parse_override(text)
         node = raw
         for key in keys[:-1]:
             child = node.get(key)
-            if isinstance(child, str) and key == "method":
-                child = {"name": child}
             if child is None:
                 child = {}
             if not isinstance(child, dict):
                 raise ConfigError(f"Override {text!r}: `{key}` is not a section.")
             node[key] = child
             node = child
-        node[keys[-1]] = value
-    if isinstance(raw.get("method"), str):
-        raw["method"] = {"name": raw["method"]}
+        node[keys[-1]] = _method_section(value) if keys == ["method"] else value
     try:
         config = RunConfig.model_validate(raw)
     except pydantic.ValidationError as error:

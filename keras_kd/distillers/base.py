@@ -121,6 +121,15 @@ def output_shapes(view: keras.Model | None, model: keras.Model, num_classes: int
     return {key: tuple(tensor.shape) for key, tensor in view.output.items()}
 
 
+def frozen_outputs(view: keras.Model, images) -> dict:
+    """`{"logits": ..., <taps>}` of a frozen network from one inference-mode
+    pass, with `stop_gradient` on every output."""
+    outputs = view(images, training=False)
+    if not isinstance(outputs, dict):
+        outputs = {LOGITS: outputs}
+    return {key: ops.stop_gradient(value) for key, value in outputs.items()}
+
+
 def images_of(inputs):
     """The images of a batch: `inputs` itself, or `inputs["image"]` for dict
     batches that carry extra columns (sample indices, cached teacher outputs)."""
@@ -309,7 +318,7 @@ class BaseDistiller(_compat.MultiWorkerBuild, keras.Model):
         context = LossContext(
             inputs=inputs,
             labels=labels,
-            step=self.optimizer.iterations if getattr(self, "optimizer", None) is not None else 0,
+            step=self._step(),
             epoch=self.epoch,
             training=training,
             parts=self.loss_parts.get(term),
@@ -398,7 +407,7 @@ class BaseDistiller(_compat.MultiWorkerBuild, keras.Model):
                 squares = [ops.sum(ops.square(ops.cast(v, "float32"))) for v in self.trainable_variables]
                 regularization.append(0.5 * self.l2_weight_decay * ops.sum(ops.stack(squares)))
             if regularization:
-                total = total + ops.cast(ops.sum(ops.stack([ops.cast(r, "float32") for r in regularization])), "float32")
+                total = total + ops.sum(ops.stack([ops.cast(r, "float32") for r in regularization]))
             restricted = [term for term in terms if term.frozen and term.weight]
             free = total - sum(term.weight * term.value for term in restricted) if restricted else total
             # Gradients of the mean over the GLOBAL batch: divide by replicas.
@@ -455,6 +464,10 @@ class BaseDistiller(_compat.MultiWorkerBuild, keras.Model):
             raise LabelRangeError(label, self.num_classes, step)
         raise NonFiniteLossError(self.term_names[code], step)
 
+    def _step(self):
+        """The optimizer step (0 before `compile`)."""
+        return self.optimizer.iterations if getattr(self, "optimizer", None) is not None else 0
+
     def _checked_labels(self, y):
         """(labels clipped into range, all-in-range flag, first bad label)."""
         if not self.check_labels:
@@ -484,8 +497,7 @@ class BaseDistiller(_compat.MultiWorkerBuild, keras.Model):
         term_index = ops.argmin(flags[1:])
         indices = ops.convert_to_tensor([self.term_names.index(n) for n in names], "int64")
         code = ops.where(flags[0] < 0.5, ops.cast(_BAD_LABEL, "int64"), ops.take(indices, term_index))
-        step = self.optimizer.iterations if getattr(self, "optimizer", None) is not None else 0
-        record = ops.stack([ops.cast(code, "int64"), ops.cast(step, "int64"), ops.cast(bad_label, "int64")])
+        record = ops.stack([ops.cast(code, "int64"), ops.cast(self._step(), "int64"), ops.cast(bad_label, "int64")])
         fresh = ops.logical_and(ops.logical_not(ok), self.failure[0] == _NO_FAILURE)
         self.failure.assign(ops.where(fresh, record, self.failure))
         return ok

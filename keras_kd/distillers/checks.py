@@ -139,12 +139,9 @@ def logits_model(model: keras.Model, role: str) -> keras.Model:
         if name is not None:
             if isinstance(layer, (keras.layers.Activation, keras.layers.Softmax)):
                 logits = layer.input
-            elif hasattr(layer, "activation") and hasattr(layer, "input"):
+            else:  # a Dense/Conv layer with a fused activation
                 logits = PreActivation(layer, name=f"{layer.name}_logits")(layer.input)
-            else:  # pragma: no cover - every Keras layer with `activation` has an input
-                logits = None
-            if logits is not None:
-                return keras.Model(model.inputs, logits, name=f"{model.name}_logits")
+            return keras.Model(model.inputs, logits, name=f"{model.name}_logits")
     _refuse_probabilities(model, role)
     return model
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import keras
-from keras import ops
 
 from keras_kd.distillers.base import (
     BaseDistiller,
@@ -13,6 +12,7 @@ from keras_kd.distillers.base import (
     check_weights,
     cross_entropy,
     deserialize_entries,
+    frozen_outputs,
     output_shapes,
     reject_positional,
 )
@@ -216,12 +216,7 @@ class EnsembleDistiller(BaseDistiller):
                     f"{self.num_teachers}: the cache belongs to other teachers. Check it with check_cache()."
                 )
             return [self._cached(x, index) for index in range(1, self.num_teachers + 1)]
-        outputs = []
-        for view in self.teacher_views:
-            values = view(x, training=False)
-            values = dict(values) if isinstance(values, dict) else {LOGITS: values}
-            outputs.append({key: ops.stop_gradient(value) for key, value in values.items()})
-        return outputs
+        return [frozen_outputs(view, x) for view in self.teacher_views]
 
     def _cached(self, x: dict, index: int) -> dict:
         from keras_kd.data.cache import output_key

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import keras
-from keras import ops
 
 from keras_kd.distillers.base import (
     BaseDistiller,
@@ -13,6 +12,7 @@ from keras_kd.distillers.base import (
     check_weights,
     cross_entropy,
     deserialize_entries,
+    frozen_outputs,
     images_of,
     output_shapes,
     reject_positional,
@@ -167,10 +167,7 @@ class Distiller(BaseDistiller):
 
     def teacher_outputs(self, x) -> dict:
         """Teacher logits and taps from one inference-mode pass, no gradient."""
-        outputs = self.teacher_view(images_of(x), training=False)
-        if not isinstance(outputs, dict):
-            outputs = {LOGITS: outputs}
-        return {key: ops.stop_gradient(value) for key, value in outputs.items()}
+        return frozen_outputs(self.teacher_view, images_of(x))
 
     def compute_terms(self, x, y, student_outputs, training):
         teacher = self.teacher_outputs(x)

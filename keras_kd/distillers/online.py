@@ -20,7 +20,6 @@ from keras_kd.losses.base import check_positive
 from keras_kd.losses.hint import HintLoss
 from keras_kd.losses.soft_target import SoftTargetLoss
 from keras_kd.models.online import STAGES, components, ensemble_view, extract_student, online_ensemble
-from keras_kd.taps import LOGITS
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
@@ -200,11 +199,11 @@ class OnlineEnsembleDistiller(BaseDistiller):
         return self.view(inputs, training=training)
 
     def compute_terms(self, x, y, student_outputs, training):
-        ensemble = {"logits": ops.stop_gradient(ops.cast(student_outputs[LOGITS], "float32"))}
+        # Targets (the ensemble's logits, the pseudo teacher's maps) carry no gradient.
         targets = {key: ops.stop_gradient(value) for key, value in student_outputs.items()}
         ce = [cross_entropy(y, student_outputs[name]) for name in self.kd_losses]
         kd = [
-            self.loss_value(name, loss, ensemble, student_outputs, y, training) for name, loss in self.kd_losses.items()
+            self.loss_value(name, loss, targets, student_outputs, y, training) for name, loss in self.kd_losses.items()
         ]
         inter = [
             self.loss_value(name, loss, targets, student_outputs, y, training)

@@ -63,8 +63,7 @@ def build_kd(
     `{name, weight, **arguments}`, e.g. `{name: hint, weight: 100,
     teacher_layer_name: stage2, student_layer_name: stage2}`).
     """
-    specs = [spec.model_dump() if isinstance(spec, LossSpec) else spec for spec in losses]
-    built, weights = build_losses(specs)
+    built, weights = build_losses(list(losses))
     return Distiller(
         teacher=context.teacher(),
         student=context.prepare(context.student()),
