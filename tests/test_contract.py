@@ -11,7 +11,7 @@ import tensorflow as tf
 from keras import ops
 
 import keras_kd
-from keras_kd import Distiller, EnsembleDistiller, OnlineEnsembleDistiller, SFTNTrainer, Supervised
+from keras_kd import Distiller, EnsembleDistiller, OnlineEnsembleDistiller, SFTNTrainer, Supervised, losses
 from keras_kd.distillers.base import LabelRangeError, NonFiniteLossError, TrainingError
 from keras_kd.losses import AttentionTransferLoss, DistillationLoss, HintLoss, LossContext, SoftTargetLoss
 
@@ -345,3 +345,22 @@ def test_direct_calls_build_a_context():
     assert (seen["step"], seen["epoch"], seen["training"], seen["parts"]) == (7, 3, True, dense)
     np.testing.assert_array_equal(seen["labels"], [1, 2])
     assert [keras.backend.standardize_dtype(d) for d in seen["dtypes"]] == ["float32", "float32"]  # losses always compute in float32
+
+
+def test_bad_arguments_of_the_contract_are_named(batch):
+    x, y = batch
+    teacher, student = tiny_model(width=8, name="teacher"), tiny_model(width=4, name="student")
+    with pytest.raises(TypeError, match="Distiller needs both `teacher=` and `student=`"):
+        Distiller(teacher=teacher)
+    with pytest.raises(ValueError, match="`regressor_kernel_size` must be 1 or 3, got 5"):
+        losses.HintLoss(regressor_kernel_size=5)
+    with pytest.raises(ValueError, match="`teacher_layer_name` must be a layer name or None"):
+        losses.SoftTargetLoss(teacher_layer_name="")
+    with pytest.raises(ValueError, match="`name` must be a non-empty string"):
+        losses.SoftTargetLoss(name="")
+    distiller = Distiller(teacher=teacher, student=student)
+    with pytest.raises(ValueError, match="Term 'hint_loss': the teacher has no output 'logits_x'"):
+        distiller.bind_loss("hint_loss", losses.HintLoss(teacher_layer_name="logits_x"),
+                            {"logits": (None, 10)}, {"logits": (None, 10)})
+    with pytest.raises(ValueError, match="Dict batches need an 'image' entry; got keys \\['pixels'\\]"):
+        distiller({"pixels": x})
