@@ -55,6 +55,9 @@ class Protocol:
     own_teachers: bool = False  # the 10% regime's teachers are trained by the suite (group `teachers`)
     schedule_epochs: tuple[int, ...] = ()  # CE-baseline lengths of the `schedule` group (plateau check)
     tuning: bool = False  # run the `tuning` families (seed 0) and the rows chosen from them on validation
+    distill_common: tuple[str, ...] = ()  # overrides of every cell with frozen teachers (the teacher cache)
+    sftn_finetune: bool = True  # also the fine-tuning mode of SFTN (reference teacher + a quarter schedule)
+    order: tuple[str, ...] = ()  # `group/key` prefixes run first, in this order (claims before extras)
 
 
 SUITES = {
@@ -76,7 +79,13 @@ SUITES = {
                          sftn_epochs=30, teacher_epochs=120, full_data_groups=(),
                          common=("data.validation_fraction=0.1", "train.weight_decay_mode=coupled",
                                  "train.nesterov=false"),
-                         own_teachers=True, schedule_epochs=(15, 30, 60, 120), tuning=True),
+                         own_teachers=True, schedule_epochs=(15, 30, 60, 120), tuning=True,
+                         distill_common=("cache.teacher_outputs=auto",), sftn_finetune=False,
+                         order=("schedule/", "teachers/", "features/baseline", "tuning/kd_", "tuned/kd",
+                                "features/fitnet", "tuning/lp_", "tuned/lp", "sftn/scratch_teacher",
+                                "sftn/scratch_kd", "features/at", "sftn/scratch_at", "tuning/ekd_", "tuned/ekd",
+                                "ekd/resnet20_alone", "tuning/oemc_", "tuned/oemc", "online/alone_w",
+                                "ekd/ekd_ce", "features/")),
 }
 
 
@@ -129,21 +138,26 @@ def base_cells(p: Protocol) -> list[Cell]:
              ("teacher.path={scratch_teacher}",)),
         Cell("sftn", "scratch_at", "AT from the from-scratch SFTN teacher", "distill", "at_fmnist.yaml",
              ("teacher.path={scratch_teacher}",)),
-        # Fine-tuning mode: the reference + a quarter of its schedule, against the same epochs of CE.
-        Cell("sftn", "sftn_teacher", "SFTN ResNet20 (for ResNet8)", "train-teacher", "sftn_teacher_fmnist.yaml",
-             (f"train.epochs={p.sftn_epochs}",), seeds=(0,)),
-        Cell("sftn", "sftn_kd", "KD from the SFTN teacher", "distill", "kd_fmnist.yaml",
-             ("teacher.path={sftn_teacher}",)),
-        Cell("sftn", "sftn_at", "AT from the SFTN teacher", "distill", "at_fmnist.yaml",
-             ("teacher.path={sftn_teacher}",)),
-        Cell("sftn", "ce_teacher", "ResNet20 + the same epochs of plain CE (control)", "train-teacher",
-             "sftn_teacher_fmnist.yaml", (f"train.epochs={p.sftn_epochs}", "method=ce"), seeds=(0,)),
-        Cell("sftn", "ce_kd", "KD from the CE-fine-tuned control teacher", "distill", "kd_fmnist.yaml",
-             ("teacher.path={ce_teacher}",)),
-        Cell("sftn", "ce_at", "AT from the CE-fine-tuned control teacher", "distill", "at_fmnist.yaml",
-             ("teacher.path={ce_teacher}",)),
         Cell("online", "oemc", "OEMC: 5 ResNet8 students (widths 5/5..1/5)", "train-online", "online_fmnist.yaml"),
     ]
+    if p.sftn_finetune:
+        rows[-1:-1] = [
+            # Fine-tuning mode: the reference + a quarter of its schedule, against the same epochs of CE.
+            Cell("sftn", "sftn_teacher", "SFTN ResNet20 (for ResNet8)", "train-teacher", "sftn_teacher_fmnist.yaml",
+                 (f"train.epochs={p.sftn_epochs}",), seeds=(0,)),
+            Cell("sftn", "sftn_kd", "KD from the SFTN teacher", "distill", "kd_fmnist.yaml",
+                 ("teacher.path={sftn_teacher}",)),
+            Cell("sftn", "sftn_at", "AT from the SFTN teacher", "distill", "at_fmnist.yaml",
+                 ("teacher.path={sftn_teacher}",)),
+            Cell("sftn", "ce_teacher", "ResNet20 + the same epochs of plain CE (control)", "train-teacher",
+                 "sftn_teacher_fmnist.yaml", (f"train.epochs={p.sftn_epochs}", "method=ce"), seeds=(0,)),
+            Cell("sftn", "ce_kd", "KD from the CE-fine-tuned control teacher", "distill", "kd_fmnist.yaml",
+                 ("teacher.path={ce_teacher}",)),
+            Cell("sftn", "ce_at", "AT from the CE-fine-tuned control teacher", "distill", "at_fmnist.yaml",
+                 ("teacher.path={ce_teacher}",)),
+        ]
+    if p.tuning:  # SFTN's students use the KD setting chosen on validation, like the KD row they face
+        rows = [dataclasses.replace(c, tuned="kd") if (c.group, c.key) == ("sftn", "scratch_kd") else c for c in rows]
     rows.append(Cell("online", "oemc_no_inter", "OEMC ablation: inter_weight = 0", "train-online",
                      "online_fmnist.yaml", ("method.inter_weight=0.0",)))
     rows += [
@@ -259,6 +273,20 @@ def cells(suite: str) -> list[Cell]:
     return rows
 
 
+def ordered(suite: str) -> list[Cell]:
+    """The suite's cells in running order: those matching the protocol's
+    `order` prefixes first (claims before extras), then the rest, each group
+    in its listed order."""
+    every = cells(suite)
+    order = SUITES[suite].order
+
+    def rank(cell: Cell) -> int:
+        name = f"{cell.group}/{cell.key}"
+        return next((i for i, prefix in enumerate(order) if name.startswith(prefix)), len(order))
+
+    return sorted(every, key=rank)  # stable: ties keep the listed order
+
+
 def cell_dir(suite: str, cell: Cell, seed: int) -> Path:
     return Path(SUITES[suite].root) / cell.group / f"{cell.key}_seed{seed}"
 
@@ -279,6 +307,7 @@ def resolve(suite: str, cell: Cell, seed: int):
         f"seed={seed}",
         f"train.epochs={p.epochs}",
         *p.common,
+        *(p.distill_common if cell.kind == "distill" else ()),
         *(o.format(**teachers) for o in cell.overrides),
     ]
     if cell.tuned:
@@ -323,6 +352,31 @@ PAUSE_FILE = None
 RETRAINED: set[str] = set()
 
 
+def _located_elsewhere(config) -> dict:
+    """The resolved config without where it is saved and how often it was
+    evaluated (neither changes training), to find the same run under another name."""
+    values = config.to_dict()
+    values["train"] = {k: v for k, v in values["train"].items() if k not in ("validation_freq", "verbose")}
+    return {key: value for key, value in values.items() if key not in ("run_name", "output_dir")}
+
+
+def same_run(suite: str, cell: Cell, seed: int, config) -> Path | None:
+    """A finished run folder of another cell with exactly this config (e.g. the
+    tuning candidate a tuned row chose, for the seed it was tuned on)."""
+    wanted = _located_elsewhere(config)
+    for other in cells(suite):
+        if other == cell or seed not in (other.seeds or SUITES[suite].seeds):
+            continue
+        try:
+            other_config = resolve(suite, other, seed)
+        except TuningPendingError:
+            continue
+        folder = cell_dir(suite, other, seed)
+        if _located_elsewhere(other_config) == wanted and finished(folder, other_config) is not None:
+            return folder
+    return None
+
+
 def run_cell(suite: str, cell: Cell, seed: int) -> dict:
     config = resolve(suite, cell, seed)
     folder = cell_dir(suite, cell, seed)
@@ -330,6 +384,14 @@ def run_cell(suite: str, cell: Cell, seed: int) -> dict:
     done = finished(folder, config)
     if done is not None and not teachers & RETRAINED:
         return done
+    source = same_run(suite, cell, seed, config)
+    if source is not None and not teachers & RETRAINED:
+        results = {**json.loads((source / "results.json").read_text()), "same_run_as": str(source)}
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.yaml").write_text(dump(config))
+        (folder / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        print(f"[{suite}] {cell.group}/{cell.key} seed {seed}: the same run as {source}", flush=True)
+        return results
     while PAUSE_FILE and Path(PAUSE_FILE).exists():  # lets a timing benchmark run on a quiet machine
         time.sleep(5)
     start = time.perf_counter()
@@ -369,7 +431,7 @@ def main(argv=None) -> None:
         print("full suite: teachers are the committed references unless retrained with "
               "`keras-kd train-teacher --set train.epochs=...` (see docs/results.md)")
     if not args.report_only:
-        for cell in cells(args.suite):
+        for cell in ordered(args.suite):
             if args.only and cell.group not in args.only:
                 continue
             for seed in cell.seeds or SUITES[args.suite].seeds:

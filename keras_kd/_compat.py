@@ -7,6 +7,9 @@ changes them fails there, loudly, instead of breaking every distiller.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import keras
 import tensorflow as tf
 
@@ -94,3 +97,17 @@ def apply_gradients_if(optimizer, condition, gradients, variables) -> None:
 def _noop_after(function):
     function()
     return tf.no_op()
+
+
+def resumed_epoch(backup_dir) -> int:
+    """The epoch `keras.callbacks.BackupAndRestore(backup_dir)` will resume at
+    (0 without a backup).
+
+    The callback sets the private `Model._initial_epoch` from the `epoch`
+    entry of its `training_metadata.json`; a data pipeline whose views depend
+    on the epoch must start there too, before `fit` runs.
+    """
+    metadata = Path(backup_dir) / "training_metadata.json"
+    if not metadata.is_file():
+        return 0
+    return int(json.loads(metadata.read_text())["epoch"])

@@ -1,7 +1,8 @@
 """Run by test_distribute.py in a fresh process: one training step on 2
 logical CPUs under MirroredStrategy must equal the same step on one device,
 for every trainer whose terms are batch means (Distiller + KD, AT and a hint
-regressor, Supervised, EnsembleDistiller, OnlineEnsembleDistiller).
+regressor, Supervised, EnsembleDistiller, OnlineEnsembleDistiller), and for
+batches that carry cached teacher outputs (Distiller, EnsembleDistiller).
 BatchNorm-free models, so per-replica batch statistics cannot differ. Then a
 NaN seen by ONE replica only must stop the step on BOTH (the checks are
 all-reduced): no weight, slot or iteration count changes anywhere."""
@@ -26,6 +27,7 @@ from keras_kd import (  # noqa: E402
     Supervised,
     losses,
 )
+from keras_kd.data.cache import output_key  # noqa: E402
 from keras_kd.distillers.base import LabelRangeError, NonFiniteLossError  # noqa: E402
 from keras_kd.models.multibranch import BranchEnsemble  # noqa: E402
 from keras_kd.models.online import online_ensemble  # noqa: E402
@@ -96,13 +98,24 @@ def make_online():
 FACTORIES = (make_distiller, make_supervised, make_ensemble, make_online)
 
 
-def one_step(strategy, x, y, factory):
+def cached_columns(distiller, images) -> dict:
+    """What a teacher-output cache puts in each batch: every frozen teacher's outputs."""
+    columns = {}
+    for index, view in enumerate(distiller.frozen_teachers(), start=1):
+        outputs = view(images, training=False)
+        outputs = outputs if isinstance(outputs, dict) else {"logits": outputs}
+        columns.update({output_key(index, name): np.asarray(value) for name, value in outputs.items()})
+    return columns
+
+
+def one_step(strategy, x, y, factory, cached=False):
     with strategy.scope():
         keras.utils.set_random_seed(0)
         distiller, student = factory()
         distiller.compile(optimizer=keras.optimizers.SGD(0.5), jit_compile=False)
     initial = [w.numpy() for w in student.weights]
-    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    features = {"image": x, **cached_columns(distiller, x)} if cached else x
+    ds = tf.data.Dataset.from_tensor_slices((features, y)).batch(16)
     logs = distiller.fit(ds, epochs=1, verbose=0).history
     moved = max(float(np.abs(w.numpy() - i).max()) for w, i in zip(student.weights, initial, strict=True))
     assert moved > 1e-4, "the step must change the weights for the comparison to mean anything"
@@ -121,6 +134,16 @@ for factory in FACTORIES:
     worst = max(float(np.abs(a - b).max()) for a, b in zip(single, mirrored, strict=True))
     loss_gap = abs(single_logs["loss"][0] - mirrored_logs["loss"][0])
     print(f"{factory.__name__}: max weight difference {worst:.3g}, loss difference {loss_gap:.3g}")
+    ok = ok and worst < 1e-5 and loss_gap < 1e-4
+
+# Cached teacher outputs in the batches (the teacher-output cache): the
+# mirrored step on cached batches equals the single-device online step.
+for factory in (make_distiller, make_ensemble):
+    single, single_logs = one_step(tf.distribute.get_strategy(), x, y, factory)
+    mirrored, mirrored_logs = one_step(mirrored_strategy, x, y, factory, cached=True)
+    worst = max(float(np.abs(a - b).max()) for a, b in zip(single, mirrored, strict=True))
+    loss_gap = abs(single_logs["loss"][0] - mirrored_logs["loss"][0])
+    print(f"{factory.__name__} cached: max weight difference {worst:.3g}, loss difference {loss_gap:.3g}")
     ok = ok and worst < 1e-5 and loss_gap < 1e-4
 
 

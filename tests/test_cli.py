@@ -254,7 +254,7 @@ def test_validation_split_is_monitored_and_reported_apart_from_test(tmp_path, ca
     from trainers import runs
 
     config = load_config(overrides=["data.name=synthetic", "data.validation_fraction=0.2"])
-    _, monitor, test = runs.datasets(config)
+    _, monitor, test, _ = runs.datasets(config)
     sizes = [sum(int(x.shape[0]) for x, _ in ds) for ds in (monitor, test)]
     assert sizes[0] != sizes[1]  # fit watches the validation split, never the test set
     saved = keras.models.load_model(tmp_path / "v" / "distiller.keras")

@@ -132,3 +132,26 @@ def test_apply_gradients_if_under_mirrored_strategy():
     np.testing.assert_allclose(values, [applied, applied], rtol=1e-5)
     assert lines["True"].endswith("iterations 1")
     assert lines["False"] == "condition False values [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]] iterations 0"
+
+
+def test_resumed_epoch_reads_backup_and_restore(tmp_path):
+    assert _compat.resumed_epoch(tmp_path / "none") == 0
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = np.zeros((4, 2), "float32"), np.zeros((4, 1), "float32")
+    model.fit(x, y, epochs=3, verbose=0, callbacks=[keras.callbacks.BackupAndRestore(str(tmp_path / "b"))])
+    assert _compat.resumed_epoch(tmp_path / "b") == 0  # a finished fit deletes its backup
+
+    class Stop(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "c"))
+    try:
+        model.fit(x, y, epochs=5, verbose=0, callbacks=[backup, Stop()])
+    except KeyboardInterrupt:
+        pass
+    assert _compat.resumed_epoch(tmp_path / "c") == 2
+    history = model.fit(x, y, epochs=5, verbose=0, callbacks=[keras.callbacks.BackupAndRestore(str(tmp_path / "c"))])
+    assert len(history.history["loss"]) == 3  # Keras resumed where resumed_epoch said

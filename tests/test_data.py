@@ -113,16 +113,6 @@ def test_pipeline_normalization_batches_and_seeded_augmentation():
     assert not np.array_equal(a, c)
 
 
-def test_pad_crop_flip_moves_pixels_within_pad():
-    image = tf.reshape(tf.range(1, 37, dtype=tf.float32), (6, 6, 1))
-    out = data.pipeline.pad_crop_flip(image, tf.constant([1, 2], tf.int64), pad=2, flip=False)
-    assert out.shape == (6, 6, 1)
-    values = out.numpy().ravel()
-    kept = values[values > 0]
-    # A pad-and-crop is a shift: the kept pixels are a contiguous window.
-    assert set(kept).issubset(set(range(1, 37))) and len(kept) >= 16
-
-
 def test_bad_arguments():
     with pytest.raises(ValueError, match="Unknown dataset 'mnist3'"):
         data.load("mnist3")

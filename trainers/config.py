@@ -37,6 +37,8 @@ class DataConfig(Section):
     subset_seed: int = Field(0, ge=0)
     augment: bool = True
     pad: int = Field(2, ge=0)
+    #: Seed of the random views (`keras_kd.data.Augmentation`); null: the run's `seed`.
+    augmentation_seed: int | None = Field(None, ge=0)
 
 
 class ModelConfig(Section):
@@ -86,6 +88,22 @@ class TrainConfig(Section):
     verbose: int = Field(2, ge=0, le=2)
 
 
+class CacheConfig(Section):
+    """The frozen teachers' outputs for every view the student sees, computed
+    once and replayed (`keras_kd.data.TeacherOutputCache`)."""
+
+    #: `online`: teachers run every step; `auto`: cached when the method has frozen
+    #: teachers and the cache fits `max_gigabytes`, else online (logged why);
+    #: `cached`: cached or the run fails.
+    teacher_outputs: Literal["online", "auto", "cached"] = "online"
+    #: Caches live in `<dir>/<fingerprint>`: runs on the same images, teachers and
+    #: augmentation share one.
+    dir: str = "saved_models/teacher_cache"
+    dtype: Literal["float16", "float32"] = "float16"
+    top_k: int | None = Field(None, ge=1)
+    max_gigabytes: float = Field(4.0, gt=0)
+
+
 class RunConfig(Section):
     run_name: str = Field("run", min_length=1, pattern=r"^[^/]+$")
     output_dir: str = "saved_models"
@@ -96,6 +114,7 @@ class RunConfig(Section):
     student: ModelConfig = Field(default_factory=ModelConfig)
     method: MethodConfig = Field(default_factory=MethodConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
 
     @property
     def run_dir(self) -> Path:

@@ -5,6 +5,7 @@ TensorBoard events, checkpoints, the final model and results under
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ import keras
 import yaml
 
 import keras_kd
-from keras_kd import data, models, registry
+from keras_kd import _compat, data, models, registry
 from keras_kd.io import atomic_save, atomic_write_text
 from keras_kd.methods.oemc import exact_ratio
 from trainers.config import RunConfig, check_method, dump
@@ -112,32 +113,67 @@ class EpochLogger(keras.callbacks.Callback):
         LOG.info("epoch %d: %s", epoch + 1, items)
 
 
-def datasets(config: RunConfig, teacher_cache=None, accept_augmentation: bool = False):
-    """(train, monitor, test) pipelines from the `data` section (training
-    batches carry the cached teacher outputs when `teacher_cache` is given).
-    `monitor` is what `fit` validates on: the validation split when
-    `data.validation_fraction` is set (hyper-parameters are chosen on it,
-    never on the test set), else the test set."""
+def augmentation(config: RunConfig) -> data.Augmentation | None:
+    """The run's seeded random views (`data.augment`), or None."""
+    cfg = config.data
+    if not cfg.augment:
+        return None
+    seed = config.seed if cfg.augmentation_seed is None else cfg.augmentation_seed
+    return data.Augmentation(pad=cfg.pad, flip=data.info(cfg.name).horizontal_flip, seed=seed)
+
+
+def datasets(config: RunConfig, teacher_cache=None, initial_epoch: int = 0):
+    """`(train, monitor, test, steps_per_epoch)` from the `data` section.
+
+    `train` spans the run's epochs from `initial_epoch` (views reproducible
+    per (seed, epoch, example); its batches carry the cached teacher outputs
+    when `teacher_cache` is given). `monitor` is what `fit` validates on: the
+    validation split when `data.validation_fraction` is set (hyper-parameters
+    are chosen on it, never on the test set), else the test set."""
     cfg = config.data
     common = dict(data_dir=cfg.data_dir, subset_seed=cfg.subset_seed)
+    epochs, per_epoch = data_epochs(config)
+    steps = config.train.steps_per_epoch or per_epoch
     train = data.load(
         cfg.name,
         "train",
         cfg.batch_size,
         subset_fraction=cfg.subset_fraction,
         validation_fraction=cfg.validation_fraction,
-        augment=cfg.augment,
-        pad=cfg.pad,
+        augment=augmentation(config) or False,
         seed=config.seed,
+        epochs=epochs,
+        initial_epoch=min(initial_epoch * steps // per_epoch, epochs - 1),
         teacher_cache=teacher_cache,
-        accept_augmentation=accept_augmentation,
         **common,
     )
     test = data.load(cfg.name, "test", 512, **common)
     monitor = test
     if cfg.validation_fraction:
         monitor = data.load(cfg.name, "validation", 512, validation_fraction=cfg.validation_fraction, **common)
-    return train, monitor, test
+    return train, monitor, test, steps
+
+
+def training_arrays(config: RunConfig):
+    """The run's uint8 training images and labels (before augmentation)."""
+    cfg = config.data
+    return data.load_arrays(
+        cfg.name,
+        "train",
+        data_dir=cfg.data_dir,
+        subset_fraction=cfg.subset_fraction,
+        validation_fraction=cfg.validation_fraction,
+        subset_seed=cfg.subset_seed,
+    )
+
+
+def data_epochs(config: RunConfig) -> tuple[int, int]:
+    """(passes over the training set the run makes, batches per pass). With
+    `train.steps_per_epoch`, a Keras epoch need not be one pass."""
+    count = len(training_arrays(config)[1])
+    per_epoch = -(-count // config.data.batch_size)
+    steps = config.train.steps_per_epoch or per_epoch
+    return -(-config.train.epochs * steps // per_epoch), per_epoch
 
 
 def optimizer(config: RunConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
@@ -161,12 +197,6 @@ def jit_setting(config: RunConfig) -> bool:
     if config.train.jit_compile == "auto":
         return bool(tf.config.list_physical_devices("GPU"))
     return config.train.jit_compile
-
-
-def steps_in(dataset, config: RunConfig) -> int:
-    if config.train.steps_per_epoch:
-        return config.train.steps_per_epoch
-    return int(dataset.cardinality())
 
 
 #: The deployable model of a run folder, by kind of run (teacher, distillation, online ensemble).
@@ -295,18 +325,18 @@ def callbacks(run_dir: Path, model_file: str, config: RunConfig) -> list:
     ]
 
 
-def _fit(model, config, train, test, run_dir, model_file) -> float:
+def _fit(model, config, train, steps, test, run_dir, model_file) -> float:
     """Compiles with the run's optimizer and XLA setting, trains with the run's
-    callbacks; returns the wall-clock seconds."""
+    callbacks (`steps` batches per epoch); returns the wall-clock seconds."""
     if config.train.weight_decay_mode == "coupled":
         model.l2_weight_decay = config.train.weight_decay
-    model.compile(optimizer=optimizer(config, steps_in(train, config)), jit_compile=jit_setting(config))
+    model.compile(optimizer=optimizer(config, steps), jit_compile=jit_setting(config))
     (run_dir / "checkpoints").mkdir(exist_ok=True)
     start = time.perf_counter()
     model.fit(
         train,
         epochs=config.train.epochs,
-        steps_per_epoch=config.train.steps_per_epoch,
+        steps_per_epoch=steps,
         validation_data=test,
         validation_freq=config.train.validation_freq,
         callbacks=callbacks(run_dir, model_file, config),
@@ -399,15 +429,16 @@ def _train(config: RunConfig, overwrite: bool, resume: bool) -> dict:
         raise RunError(f"method {method.name}: {error}") from error
     run_dir = prepare_run_dir(config, overwrite, resume)
     try:
-        cache = teacher_cache(config, trainer, run_dir) if getattr(trainer, "use_teacher_cache", False) else None
-        train_data, monitor, test = datasets(config, cache, getattr(trainer, "accept_augmentation", False))
-        seconds = _fit(trainer, config, train_data, monitor, run_dir, "distiller.keras")
+        cache, cache_info = teacher_cache(config, trainer)
+        initial_epoch = _compat.resumed_epoch(run_dir / "backup") if resume else 0
+        train_data, monitor, test, steps = datasets(config, cache, initial_epoch)
+        seconds = _fit(trainer, config, train_data, steps, monitor, run_dir, "distiller.keras")
         atomic_save(trainer, run_dir / "distiller.keras")
         for name, model in trainer.deliverables().items():
             atomic_save(model, run_dir / f"{name}.keras")
         for folder, model, taps in trainer.projector_taps():
             write_run_projector(run_dir, model, test, taps, folder)
-        extra = {"run_dir": str(run_dir), "epochs": _epochs_done(run_dir), "method": method.name}
+        extra = {"run_dir": str(run_dir), "epochs": _epochs_done(run_dir), "method": method.name, **cache_info}
         if config.teacher.path:
             extra["teacher"] = config.teacher.path
         if config.teachers:
@@ -424,32 +455,44 @@ def _train(config: RunConfig, overwrite: bool, resume: bool) -> dict:
         close_log()
 
 
-def teacher_cache(config: RunConfig, distiller, run_dir: Path):
-    """The run's teacher-output cache (built once under `<run>/teacher_cache`)."""
-    from keras_kd.data.cache import CacheError, TeacherOutputCache
+def teacher_cache(config: RunConfig, trainer) -> tuple:
+    """`(cache or None, results entries)`: the frozen teachers' outputs for
+    every view of the run (`cache.teacher_outputs`), built once under
+    `<cache.dir>/<fingerprint>` and shared by every run with the same images,
+    teachers and augmentation."""
+    from keras_kd.data.cache import CacheError, fingerprint, teacher_ids
 
-    cfg = config.data
-    images, _ = data.load_arrays(
-        cfg.name,
-        "train",
-        data_dir=cfg.data_dir,
-        subset_fraction=cfg.subset_fraction,
-        validation_fraction=cfg.validation_fraction,
-        subset_seed=cfg.subset_seed,
-    )
-    folder = run_dir / "teacher_cache"
+    cfg = config.cache
+    teachers = trainer.frozen_teachers()
+    if cfg.teacher_outputs == "online":
+        return None, {}
+    if not teachers:
+        if cfg.teacher_outputs == "cached":
+            raise RunError(f"cache.teacher_outputs=cached, but method {config.method.name} has no frozen teacher.")
+        return None, {}
+    images, labels = training_arrays(config)
+    views = augmentation(config)
+    epochs = data_epochs(config)[0] if views is not None else 1
+    recipe = json.dumps([fingerprint(images, labels), teacher_ids(teachers),
+                         views.get_config() if views else None, cfg.dtype, cfg.top_k], sort_keys=True)
+    folder = Path(cfg.dir) / hashlib.sha256(recipe.encode()).hexdigest()[:16]
+    start = time.perf_counter()
     try:
-        cache = TeacherOutputCache.load(folder)
-        cache.check_images(images)
-        distiller.check_cache(cache)
-        return cache
-    except CacheError:
-        return distiller.build_cache(
-            images,
-            lambda batch: data.standardize(batch, cfg.name),
-            folder,
-            verbose=1 if config.train.verbose else 0,
+        cache = trainer.build_teacher_cache(
+            images, labels, folder,
+            preprocess=lambda batch: data.standardize(batch, config.data.name),
+            augmentation=views, epochs=epochs, dtype=cfg.dtype, top_k=cfg.top_k,
+            max_bytes=cfg.max_gigabytes * 1e9, verbose=1 if config.train.verbose == 1 else 0,
         )
+    except CacheError as error:
+        if cfg.teacher_outputs == "cached":
+            raise RunError(str(error)) from error
+        LOG.info("teacher cache: not used, teachers run online (%s)", error)
+        return None, {"teacher_cache": None}
+    seconds = time.perf_counter() - start
+    LOG.info("teacher cache: %s (%d epoch(s) x %d views, %.1f MB; %.1f s to build or check)",
+             folder, cache.epochs, len(cache), cache.nbytes() / 1e6, seconds)
+    return cache, {"teacher_cache": str(folder), "teacher_cache_s": round(seconds, 1)}
 
 
 def evaluate(ref: str, dataset: str, data_dir: str | None = None, batch_size: int = 512) -> dict:

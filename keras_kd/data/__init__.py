@@ -1,9 +1,12 @@
-"""Datasets as batched `tf.data` pipelines: Fashion-MNIST, CIFAR, synthetic."""
+"""Datasets as batched `tf.data` pipelines (Fashion-MNIST, CIFAR, synthetic),
+seeded augmentation and the teacher-output cache."""
 
+from keras_kd.data.augment import Augmentation
 from keras_kd.data.cache import CacheError, TeacherOutputCache
 from keras_kd.data.pipeline import (
     DATASETS,
     DatasetInfo,
+    batches_per_epoch,
     class_counts,
     info,
     load,
@@ -15,6 +18,8 @@ from keras_kd.data.pipeline import (
 from keras_kd.data.sources import DatasetNotFoundError, fashion_mnist_search_path, read_idx
 
 __all__ = [
+    "Augmentation",
+    "batches_per_epoch",
     "CacheError",
     "DATASETS",
     "TeacherOutputCache",

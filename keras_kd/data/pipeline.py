@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_kd.data import sources
+from keras_kd.data.augment import Augmentation, epoch_order
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,17 +151,6 @@ def standardize(images, name: str, normalize: bool = True) -> np.ndarray:
     return (np.asarray(images, np.float32) / 255.0 - mean) / std
 
 
-def pad_crop_flip(image, seed, pad: int, flip: bool):
-    """Random `pad`-pixel zero-pad-and-crop and horizontal flip of one image."""
-    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    if pad:
-        padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
-        image = tf.image.stateless_random_crop(padded, tf.shape(image), seed=crop_seed)
-    if flip:
-        image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
-    return image
-
-
 def load(
     name: str,
     split: str = "train",
@@ -171,16 +161,26 @@ def load(
     validation_fraction: float | None = None,
     subset_seed: int = 0,
     normalize: bool = True,
-    augment: bool | None = None,
+    augment: bool | Augmentation | None = None,
     pad: int = 4,
     shuffle: bool | None = None,
     seed: int = 0,
     drop_remainder: bool = False,
     prefetch: bool = True,
+    epochs: int | None = None,
+    initial_epoch: int = 0,
     teacher_cache=None,
-    accept_augmentation: bool = False,
+    with_index: bool = False,
 ) -> tf.data.Dataset:
     """A batched `tf.data.Dataset` of `(float32 image, int32 label)`.
+
+    Random views are reproducible: the view of example `i` in epoch `e`
+    depends only on `(seed, e, i)` (`keras_kd.data.Augmentation`), and the
+    order of epoch `e` only on `(seed, e)`. With `epochs`, the dataset holds
+    epochs `initial_epoch .. epochs - 1` back to back (pass
+    `steps_per_epoch=batches_per_epoch(dataset, epochs, initial_epoch)` to
+    `fit`, and the same `initial_epoch` when resuming); without it, one epoch
+    whose epoch key is drawn afresh on every pass.
 
     Args:
         name: `fashion_mnist` (real data, found offline), `cifar10`,
@@ -192,17 +192,17 @@ def load(
             data held out as `validation` (and removed from `train`).
         normalize: standardize with the dataset's per-channel mean/std
             (otherwise pixels are scaled to [0, 1]).
-        augment: pad-and-crop (`pad` pixels) plus horizontal flip; default:
-            on for `train`, off otherwise.
-        shuffle: reshuffle every epoch; default: on for `train`.
-        seed: seed of shuffling and augmentation.
-        teacher_cache: a `keras_kd.data.TeacherOutputCache` built on this
-            training set; batches become `({"image": x, "teacher1_logits": ...},
-            y)`, each cached row travelling with its example through shuffling.
-        accept_augmentation: the cache holds the teachers' outputs for the
-            CLEAN images; with random augmentation on, the student would be
-            matched to outputs of images the teachers never saw, so a cache
-            plus `augment` is refused unless this is True.
+        augment: pad-and-crop (`pad` pixels) plus horizontal flip seeded by
+            `seed`, or an `Augmentation`; default: on for `train`, off otherwise.
+        shuffle: a new order every epoch; default: on for `train`.
+        seed: seed of shuffling and (for `augment=True`) augmentation.
+        epochs, initial_epoch: the epochs the dataset spans (see above).
+        teacher_cache: a `keras_kd.data.TeacherOutputCache` built for these
+            images and this augmentation: batches become
+            `({"image": x, "teacher1_logits": ...}, y)` holding the teachers'
+            outputs for exactly these views, and the teachers need not run.
+        with_index: batches become `({"image": x, "index": i}, y)` (the
+            example's row in the split, e.g. for a memory bank).
 
     Example:
 
@@ -214,6 +214,8 @@ def load(
     meta = info(name)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
+    if epochs is not None and not (isinstance(epochs, int) and 0 <= initial_epoch < epochs):
+        raise ValueError(f"Need 0 <= initial_epoch < epochs, got initial_epoch={initial_epoch!r}, epochs={epochs!r}.")
     images, labels = load_arrays(
         name,
         split,
@@ -225,46 +227,72 @@ def load(
     training = split == "train"
     augment = training if augment is None else augment
     shuffle = training if shuffle is None else shuffle
+    augmentation = augment if isinstance(augment, Augmentation) else (
+        Augmentation(pad=pad, flip=meta.horizontal_flip, seed=seed) if augment else None
+    )
     if teacher_cache is not None:
-        teacher_cache.check_images(images)
-        if augment and not accept_augmentation:
+        teacher_cache.check_data(images, labels, augmentation)
+        if augmentation is not None and epochs is None:
             raise ValueError(
-                "A teacher-output cache holds the teachers' outputs for the un-augmented images, "
-                "but this pipeline applies random pad-crop/flip augmentation: the student would be "
-                "taught on images the teachers never saw. Use augment=False, run the teachers "
-                "online (no cache), or pass accept_augmentation=True to accept that mismatch."
+                "A cache of augmented views is read per epoch: pass `epochs=` (and `initial_epoch=` "
+                "when resuming) so every batch knows which epoch's views it holds."
             )
-        images = {"image": images, **teacher_cache.arrays}
-    ds = tf.data.Dataset.from_tensor_slices((images, labels))
-    if shuffle:
-        ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+        if epochs is not None and augmentation is not None:
+            teacher_cache.check_epochs(epochs)
     mean, std = normalization(name, normalize)
 
     def scale(image):
         return (tf.cast(image, tf.float32) / 255.0 - mean) / std
 
-    def transform_image(features, function):
-        if isinstance(features, dict):
-            return {**features, "image": function(features["image"])}
-        return function(features)
+    if augmentation is None and not shuffle and teacher_cache is None and not with_index and epochs is None:
+        ds = tf.data.Dataset.from_tensor_slices((images, labels)).map(
+            lambda image, label: (scale(image), label), num_parallel_calls=tf.data.AUTOTUNE
+        )
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+        return ds.prefetch(tf.data.AUTOTUNE) if prefetch else ds
 
-    if augment:
-        flip = meta.horizontal_flip
-        noise = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        ds = tf.data.Dataset.zip(ds, noise).map(
-            lambda example, rng: (
-                transform_image(example[0], lambda image: scale(pad_crop_flip(image, rng, pad, flip))),
-                example[1],
-            ),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
+    count = len(labels)
+    image_table, label_table = tf.constant(images), tf.constant(labels)
+
+    def one_epoch(epoch):
+        order = epoch_order(count, seed, epoch) if shuffle else tf.range(count, dtype=tf.int64)
+        columns = teacher_cache.epoch_columns(epoch if augmentation is not None else 0) if teacher_cache else {}
+
+        def example(index):
+            image = tf.gather(image_table, index)
+            if augmentation is not None:
+                image = augmentation.view(image, epoch, index)
+            image = scale(image)
+            label = tf.gather(label_table, index)
+            if not (columns or with_index):
+                return image, label
+            features = {"image": image, **teacher_cache.rows(columns, index)} if columns else {"image": image}
+            if with_index:
+                features["index"] = index
+            return features, label
+
+        batches = tf.data.Dataset.from_tensor_slices(order).map(example, num_parallel_calls=tf.data.AUTOTUNE)
+        return batches.batch(batch_size, drop_remainder=drop_remainder)
+
+    per_epoch = count // batch_size if drop_remainder else -(-count // batch_size)
+    if epochs is None:
+        keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
+        if augmentation is None and not shuffle:
+            keys = tf.data.Dataset.from_tensors(tf.constant(0, tf.int64))
+        total = per_epoch
     else:
-        ds = ds.map(
-            lambda features, label: (transform_image(features, scale), label),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+        keys = tf.data.Dataset.range(initial_epoch, epochs)
+        total = per_epoch * (epochs - initial_epoch)
+    ds = keys.flat_map(one_epoch).apply(tf.data.experimental.assert_cardinality(total))
     return ds.prefetch(tf.data.AUTOTUNE) if prefetch else ds
+
+
+def batches_per_epoch(dataset: tf.data.Dataset, epochs: int | None = None, initial_epoch: int = 0) -> int:
+    """Batches in one epoch of a `load(...)` dataset (spanning `epochs`)."""
+    total = int(dataset.cardinality())
+    if total < 0:
+        raise ValueError("The dataset's length is unknown: build it with keras_kd.data.load.")
+    return total // (epochs - initial_epoch) if epochs else total
 
 
 def class_counts(labels: Sequence[int], num_classes: int) -> np.ndarray:

@@ -277,6 +277,57 @@ class BaseDistiller(_compat.MultiWorkerBuild, keras.Model):
         """The weighted loss terms for one batch (student already run once)."""
         raise NotImplementedError
 
+    # -- frozen teachers and their cache -----------------------------------------
+
+    def frozen_teachers(self) -> list[keras.Model]:
+        """Views of the frozen teachers (`logits` plus the taps the losses
+        read) whose outputs a `keras_kd.data.TeacherOutputCache` can replace;
+        [] for trainers whose teachers train (SFTN, OEMC) or that have none."""
+        return []
+
+    def teacher_pass(self, x) -> list[dict]:
+        """`{"logits": ..., "<tap>": ...}` of every frozen teacher, without
+        gradient: read from the batch when it carries cached outputs
+        (`teacher1_logits`, ...), else from one inference-mode pass each."""
+        from keras_kd.data.cache import output_key, outputs_of
+
+        views = self.frozen_teachers()
+        if not (isinstance(x, dict) and output_key(1, LOGITS) in x):
+            return [frozen_outputs(view, images_of(x)) for view in views]
+        cached = sum(1 for key in x if key.startswith("teacher") and key.endswith(f"_{LOGITS}"))
+        if cached != len(views):
+            raise ValueError(
+                f"The batches carry cached outputs of {cached} teacher(s) but {self.name} has {len(views)}: "
+                "the cache belongs to other teachers. Check it with check_teacher_cache()."
+            )
+        outputs = []
+        for index, view in enumerate(views, start=1):
+            keys = {name: output_key(index, name) for name in outputs_of(view)}
+            missing = sorted(key for key in keys.values() if key not in x)
+            if missing:
+                raise ValueError(
+                    f"The cached batches lack {', '.join(missing)}: the cache was built without the outputs "
+                    f"{self.name} reads. Rebuild it with build_teacher_cache()."
+                )
+            outputs.append({name: ops.stop_gradient(x[key]) for name, key in keys.items()})
+        return outputs
+
+    def build_teacher_cache(self, images, labels, path, **options):
+        """Runs the frozen teachers once over every view the student will see
+        and stores their outputs (`keras_kd.data.TeacherOutputCache.build`
+        with these teachers; `options`: preprocess, augmentation, epochs,
+        dtype, top_k, max_bytes, verbose)."""
+        from keras_kd.data.cache import TeacherOutputCache
+
+        if not self.frozen_teachers():
+            raise ValueError(f"{type(self).__name__} has no frozen teacher whose outputs could be cached.")
+        return TeacherOutputCache.build(self.frozen_teachers(), images, labels, path, **options)
+
+    def check_teacher_cache(self, cache) -> None:
+        """Raises `CacheError` unless `cache` holds these teachers' outputs
+        (same weights, same outputs, same order)."""
+        cache.check_teachers(self.frozen_teachers())
+
     # -- losses -----------------------------------------------------------------
 
     def bind_loss(

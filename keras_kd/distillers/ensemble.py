@@ -12,7 +12,6 @@ from keras_kd.distillers.base import (
     check_weights,
     cross_entropy,
     deserialize_entries,
-    frozen_outputs,
     output_shapes,
     reject_positional,
 )
@@ -59,12 +58,12 @@ class EnsembleDistiller(BaseDistiller):
     read at all. Teachers may differ in architecture and size.
 
     Teachers run online, once per step each, or not at all when the batches
-    come from a teacher-output cache (`keras_kd.data.load(...,
-    teacher_cache=...)`, built with `build_cache`): then inputs are dicts
-    `{"image": x, "teacher{i}_logits": ..., "teacher{i}_embedding": ...}`
-    and the step costs the same whatever the number of teachers. Check a
-    cache built elsewhere with `check_cache` (same teachers, same order;
-    the CLI does this itself).
+    come from a teacher-output cache (built with `build_teacher_cache`, fed
+    through `keras_kd.data.load(..., teacher_cache=...)`, augmented views
+    included): then inputs are dicts `{"image": x, "teacher{i}_logits": ...,
+    "teacher{i}_embedding": ...}` and the step costs the same whatever the
+    number of teachers. Check a cache built elsewhere with
+    `check_teacher_cache` (same teachers, same order; the CLI does this itself).
 
     Metrics: `loss`, `ensemble_ce_loss`, `branch{i}_ce_loss`,
     `branch{i}_kd_loss`, `branch{i}_embedding_loss`, `accuracy` (ensemble)
@@ -205,35 +204,11 @@ class EnsembleDistiller(BaseDistiller):
     def num_teachers(self) -> int:
         return len(self.teachers)
 
-    def teacher_outputs(self, x) -> list[dict]:
-        """Per teacher `{"logits": ..., embedding_layer: ...}`: from the cache
-        columns when `x` is a cache batch, otherwise one inference pass each."""
-        if isinstance(x, dict):
-            cached_teachers = sum(1 for key in x if key.startswith("teacher") and key.endswith("_logits"))
-            if cached_teachers != self.num_teachers:
-                raise ValueError(
-                    f"The cache batches hold outputs of {cached_teachers} teachers but the distiller has "
-                    f"{self.num_teachers}: the cache belongs to other teachers. Check it with check_cache()."
-                )
-            return [self._cached(x, index) for index in range(1, self.num_teachers + 1)]
-        return [frozen_outputs(view, x) for view in self.teacher_views]
-
-    def _cached(self, x: dict, index: int) -> dict:
-        from keras_kd.data.cache import output_key
-
-        wanted = {LOGITS: output_key(index, "logits")}
-        if self.uses_embeddings:
-            wanted[self.embedding_layer] = output_key(index, "embedding")
-        missing = [key for key in wanted.values() if key not in x]
-        if missing:
-            raise ValueError(
-                f"Cache batches lack {', '.join(missing)}: the cache was built for fewer teachers "
-                "or without embeddings. Rebuild it with EnsembleDistiller.build_cache."
-            )
-        return {name: x[key] for name, key in wanted.items()}
+    def frozen_teachers(self) -> list[keras.Model]:
+        return list(self.teacher_views)
 
     def compute_terms(self, x, y, student_outputs, training):
-        teachers = self.teacher_outputs(x)
+        teachers = self.teacher_pass(x)
         share = 1.0 / self.num_teachers if self.branch_weighting == "mean" else 1.0
         terms = [LossTerm("ensemble_ce_loss", self.ensemble_weight, cross_entropy(y, student_outputs[LOGITS]))]
         for i, (branch, teacher) in enumerate(zip(self.branches, teachers, strict=True)):
@@ -246,26 +221,6 @@ class EnsembleDistiller(BaseDistiller):
                 value = self.loss_value(name, self.embedding_losses[i], teacher, student_outputs, y, training)
                 terms.append(LossTerm(name, share * self.betas[i], value))
         return terms
-
-    def build_cache(self, images, preprocess, path, batch_size: int = 256, verbose: int = 1):
-        """Runs every teacher once over the uint8 training `images` and stores
-        their logits (and embeddings when used) under `path`. Returns the
-        `keras_kd.data.TeacherOutputCache`; feed it to `keras_kd.data.load`."""
-        from keras_kd.data.cache import TeacherOutputCache
-
-        return TeacherOutputCache.build(
-            self.teachers,
-            images,
-            preprocess,
-            path,
-            embedding_layer=self.embedding_layer if self.uses_embeddings else None,
-            batch_size=batch_size,
-            verbose=verbose,
-        )
-
-    def check_cache(self, cache) -> None:
-        """Raises unless `cache` holds these teachers' outputs (weights and order)."""
-        cache.check_teachers(self.teachers, embeddings=self.uses_embeddings)
 
     def get_config(self) -> dict:
         return {

@@ -12,8 +12,6 @@ from keras_kd.distillers.base import (
     check_weights,
     cross_entropy,
     deserialize_entries,
-    frozen_outputs,
-    images_of,
     output_shapes,
     reject_positional,
 )
@@ -165,12 +163,11 @@ class Distiller(BaseDistiller):
             self.bind_loss(name, loss, teacher_shapes, student_shapes)
         self.mark_built()
 
-    def teacher_outputs(self, x) -> dict:
-        """Teacher logits and taps from one inference-mode pass, no gradient."""
-        return frozen_outputs(self.teacher_view, images_of(x))
+    def frozen_teachers(self) -> list[keras.Model]:
+        return [self.teacher_view]
 
     def compute_terms(self, x, y, student_outputs, training):
-        teacher = self.teacher_outputs(x)
+        (teacher,) = self.teacher_pass(x)
         terms = [LossTerm("student_loss", self.student_loss_weight, cross_entropy(y, student_outputs[LOGITS]))]
         for name, loss, weight in zip(self.loss_names, self.distillation_losses, self.distillation_loss_weights,
                                       strict=True):

@@ -23,12 +23,8 @@ def build_ekd(
     branch_weighting: Literal["mean", "sum"] = "mean",
     shared_stem: bool = True,
     ensemble: Literal["logits", "softmax"] = "logits",
-    teacher_cache: bool = False,
-    accept_augmentation: bool = False,
 ) -> EnsembleDistiller:
-    """One branch of a multi-branch `student.arch` per entry of `teachers`;
-    `teacher_cache: true` runs the teachers once before training (needs
-    `data.augment: false`, or `accept_augmentation`)."""
+    """One branch of a multi-branch `student.arch` per entry of `teachers`."""
     teachers = context.teachers()
     student = models.multibranch(
         context.student_arch(),
@@ -38,7 +34,7 @@ def build_ekd(
         shared_stem=shared_stem,
         ensemble=ensemble,
     )
-    distiller = EnsembleDistiller(
+    return EnsembleDistiller(
         teachers=teachers,
         student=context.prepare(student),
         temperature=temperature,
@@ -50,6 +46,3 @@ def build_ekd(
         embedding_adapter=embedding_adapter,
         branch_weighting=branch_weighting,
     )
-    distiller.use_teacher_cache = teacher_cache
-    distiller.accept_augmentation = accept_augmentation
-    return distiller
