@@ -8,6 +8,7 @@ kept. The no-overhead floor of online distillation is
 
     python -m benchmarks.throughput                   # both tables, one process -> docs/benchmarks.md
     python -m benchmarks.throughput --tables ensemble # EKD only: 1 vs 3 branches, online vs cached teachers
+    python -m benchmarks.throughput --tables cache    # crop+flip views: cached teachers vs plain student fit
 """
 
 from __future__ import annotations
@@ -134,8 +135,11 @@ def ensemble_configurations(ds, input_shape, cache_dir):
     labels = tf.concat([y for _, y in ds], axis=0).numpy()
     batch = next(iter(ds))[0].shape[0]
     probe = EnsembleDistiller(teachers=teachers, student=models.multibranch("resnet8", 3, input_shape, 10))
-    cache = probe.build_cache(images, lambda b: b, cache_dir, verbose=0)  # images are already scaled
-    cached = tf.data.Dataset.from_tensor_slices(({"image": images, **cache.arrays}, labels))
+    columns = {}
+    for index, view in enumerate(probe.frozen_teachers(), start=1):  # what a cache puts in each batch
+        outputs = view.predict(images, batch_size=512, verbose=0)
+        columns.update({f"teacher{index}_{name}": value for name, value in outputs.items()})
+    cached = tf.data.Dataset.from_tensor_slices(({"image": images, **columns}, labels))
     cached = cached.batch(batch, drop_remainder=True).cache().prefetch(tf.data.AUTOTUNE)
 
     def plain(branches):
@@ -190,7 +194,7 @@ def main(argv=None) -> None:
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs per measurement")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--output", default="docs/benchmarks.md")
-    parser.add_argument("--tables", nargs="+", choices=["kd", "ensemble"], default=["kd", "ensemble"])
+    parser.add_argument("--tables", nargs="+", choices=["kd", "ensemble", "cache"], default=["kd", "ensemble", "cache"])
     args = parser.parse_args(argv)
     keras.utils.set_random_seed(0)
     ds, source = dataset(args.images, args.batch_size)
@@ -199,6 +203,8 @@ def main(argv=None) -> None:
         kd_main(args, ds, source, images)
     if "ensemble" in args.tables:
         ensemble_main(args, ds, source, images)
+    if "cache" in args.tables:
+        cache_main(args)
 
 
 def kd_main(args, ds, source, images) -> None:
@@ -216,6 +222,95 @@ def kd_main(args, ds, source, images) -> None:
         "both faster than `keras.distillation`.\n\n" + "\n".join(rows)
     )
     write_section(args.output, "throughput", "Training throughput (keras_kd vs keras.distillation)", text)
+    print(text)
+
+
+class EpochClock(keras.callbacks.Callback):
+    """Seconds from the end of the first epoch (tracing) to the end of training."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            self.start = time.perf_counter()
+
+    def on_train_end(self, logs=None):
+        self.seconds = time.perf_counter() - self.start
+
+
+def cache_main(args) -> None:
+    """Crop+flip views from `keras_kd.data.load` for every configuration;
+    cached teachers read their outputs from a `TeacherOutputCache` of those views."""
+    import tempfile
+
+    fraction = min(1.0, args.images / 54000)
+    epochs = 1 + args.epochs  # the first (tracing) epoch is not timed
+    common = dict(subset_fraction=fraction, validation_fraction=0.1, epochs=epochs, drop_remainder=True)
+    augmentation = data.Augmentation(pad=2, flip=True, seed=0)
+    images, labels = data.load_arrays("fashion_mnist", "train", subset_fraction=fraction, validation_fraction=0.1)
+    shape = (28, 28, 1)
+    kd_teacher = models.get("resnet20", shape, 10)
+    ekd_teachers = [models.get(name, shape, 10) for name in ENSEMBLE_TEACHERS]
+
+    def kd():
+        return Distiller(teacher=kd_teacher, student=models.get("resnet8", shape, 10))
+
+    def ekd():
+        return EnsembleDistiller(teachers=ekd_teachers, student=models.multibranch("resnet8", 3, shape, 10))
+
+    def plain(branches):
+        if branches == 1:
+            return lambda: Supervised(model=models.get("resnet8", shape, 10))
+        return lambda: Supervised(model=models.multibranch("resnet8", branches, shape, 10))
+
+    build_seconds, caches = {}, {}
+    for name, factory in (("kd", kd), ("ekd", ekd)):
+        folder = tempfile.mkdtemp(prefix=f"kd_cache_{name}_")
+        start = time.perf_counter()
+        caches[name] = factory().build_teacher_cache(
+            images, labels, folder, preprocess=lambda b: data.standardize(b, "fashion_mnist"),
+            augmentation=augmentation, epochs=epochs, verbose=0)
+        build_seconds[name] = time.perf_counter() - start
+
+    def pipeline(cache=None):
+        return data.load("fashion_mnist", "train", args.batch_size, augment=augmentation, teacher_cache=cache,
+                         **common)
+
+    configs = {
+        "plain ResNet8 fit": (plain(1), None),
+        "KD, online ResNet20 teacher": (kd, None),
+        "KD, cached ResNet20 teacher": (kd, "kd"),
+        "plain 3-branch fit": (plain(3), None),
+        "EKD, 3 online teachers": (ekd, None),
+        "EKD, 3 cached teachers": (ekd, "ekd"),
+    }
+    count = (len(images) // args.batch_size) * args.batch_size
+    best = {name: 0.0 for name in configs}
+    for round_index in range(args.rounds):
+        for name, (factory, cache_name) in configs.items():
+            model = factory()
+            model.compile(optimizer="sgd", jit_compile=JIT)
+            ds = pipeline(caches.get(cache_name))
+            clock = EpochClock()
+            model.fit(ds, epochs=epochs, steps_per_epoch=data.batches_per_epoch(ds, epochs), verbose=0,
+                      callbacks=[clock])
+            best[name] = max(best[name], count * args.epochs / clock.seconds)
+            print(f"round {round_index + 1} {name}: {best[name]:.0f} img/s", flush=True)
+    baseline = {"KD": "plain ResNet8 fit", "EKD": "plain 3-branch fit", "plain": None}
+    rows = ["| configuration | img/s | x plain fit of the same student |", "| --- | ---: | ---: |"]
+    for name, value in best.items():
+        reference = baseline[name.split(",")[0].split(" ")[0]] or name
+        rows.append(f"| {name} | {value:.0f} | {value / best[reference]:.2f} |")
+    views = len(images) * epochs
+    text = (
+        measured_with("cache", args, "Fashion-MNIST", count) + " Every configuration reads the same seeded "
+        "pad-2 crop + flip views through `keras_kd.data.load`. Targets: cached KD and cached EKD >= 0.9x the "
+        "plain fit of the same student.\n\n" + "\n".join(rows) + "\n\n"
+        f"Building the caches ({epochs} epochs x {len(images)} views, float16): ResNet20 "
+        f"{build_seconds['kd']:.1f} s ({views / build_seconds['kd']:.0f} views/s), the 3 EKD teachers "
+        f"{build_seconds['ekd']:.1f} s ({views / build_seconds['ekd']:.0f} views/s); a cache is built once per "
+        "(images, teachers, augmentation seed) and then shared by every run that matches."
+    )
+    write_section(args.output, "throughput-cache", "Training throughput: teacher-output cache with augmentation",
+                  text)
     print(text)
 
 
