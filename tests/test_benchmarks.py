@@ -84,3 +84,31 @@ def test_tuned_rows_take_the_candidate_best_on_validation(tmp_path, monkeypatch)
     for cell in cells:
         if not cell.tuned:
             run.resolve("standard", cell, 0)  # every other cell resolves to a valid config
+
+
+def test_standard_verdicts_follow_the_two_pooled_std_rule(tmp_path):
+    from benchmarks import standard_page
+
+    # Hand-computed: difference 91 - 88.5 = 2.5; sample stds 1.0 and 0.5; pooled sqrt((1 + 0.25) / 2) = 0.7906.
+    result = standard_page.verdict([90.0, 91.0, 92.0], [88.0, 88.5, 89.0], seeds=3)
+    assert result == {"difference": 2.5, "pooled_std": 0.791, "verdict": "reproduces"}
+    assert standard_page.verdict([89.0, 89.5, 90.0], [88.0, 88.5, 89.0], 3)["verdict"] == "does not reproduce"
+    assert standard_page.verdict([88.0, 88.5, 89.0], [90.0, 91.0, 92.0], 3)["verdict"] == "does not reproduce"
+    assert standard_page.verdict([90.0, 91.0], [88.0, 88.5, 89.0], 3)["verdict"] == "pending"
+
+    cells = run.cells("standard")
+    table = {(c.group, c.key): [] for c in cells}
+    fake = {"params": 1000, "macs": 2000, "train_time_s": 10.0}
+    table[("tuned", "kd")] = [dict(fake, test_accuracy=a, validation_accuracy=a) for a in (0.880, 0.885, 0.890)]
+    table[("tuned", "lp")] = [dict(fake, test_accuracy=a, validation_accuracy=a) for a in (0.900, 0.910, 0.920)]
+    docs = tmp_path / "results.md"
+    standard_page.write("standard", table, cells, str(docs), str(tmp_path / "root"))
+    report = json.loads((tmp_path / "results.json").read_text())
+    claim = next(c for c in report["claims"] if c["claim"] == "LP beats KD" and c["setting"] == "tuned")
+    assert claim == {"paper": "LP (Chen et al. 2020)", "claim": "LP beats KD", "setting": "tuned",
+                     "row": "tuned/lp", "baseline_row": "tuned/kd", "difference": 2.5, "pooled_std": 0.791,
+                     "verdict": "reproduces"}
+    row = next(r for r in report["rows"] if r["row"] == "lp")
+    assert row["mean"] == 91.0 and row["std"] == 1.0 and row["seeds"] == 3 and row["suite"] == "standard"
+    assert "| LP (Chen et al. 2020) | LP beats KD | tuned | 91.00 ± 1.00 | 88.50 ± 0.50 | +2.50 | 1.58 |" in (
+        docs.read_text())

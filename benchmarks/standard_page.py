@@ -1,0 +1,235 @@
+"""docs/results.md and docs/results.json from the standard suite: every row
+as mean ± std of its seeds (last epoch), the hyper-parameter search on the
+validation split, and each seed paper's claims with a verdict.
+
+Verdict rule: a claim *reproduces* when the difference in the claimed
+direction exceeds twice the pooled standard deviation of the two rows
+(sample std, ddof = 1, over seeds); *does not reproduce* otherwise;
+*pending* while either row lacks its seeds.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.report import write_section
+
+
+@dataclasses.dataclass(frozen=True)
+class Ref:
+    """One accuracy of one row: `metric` of the results of cell `group/key`."""
+
+    group: str
+    key: str
+    metric: str = "test_accuracy"
+
+    @property
+    def name(self) -> str:
+        suffix = "" if self.metric == "test_accuracy" else f" [{self.metric.removeprefix('test_').removesuffix('_accuracy')}]"
+        return f"{self.group}/{self.key}{suffix}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    paper: str
+    claim: str
+    row: Ref
+    baseline: Ref
+    setting: str  # "paper" (the paper's own setting) or "tuned" (chosen on validation)
+
+
+def _oemc_claims(group: str, key: str, setting: str) -> list[Claim]:
+    paper = "OEMC (Walawalkar et al. 2020)"
+    alone = {1: Ref("features", "baseline"), **{j: Ref("online", f"alone_w{6 - j}") for j in range(2, 6)}}
+    claims = [
+        Claim(paper, f"compressed student {j} beats the same network trained alone", Ref(group, key,
+              f"test_student{j}_accuracy"), alone[j], setting)
+        for j in range(1, 6)
+    ]
+    claims.append(Claim(paper, "the ensemble beats student 1", Ref(group, key),
+                        Ref(group, key, "test_student1_accuracy"), setting))
+    return claims
+
+
+def claims() -> list[Claim]:
+    """The seed papers' claims, each with the paper's setting and the validated one."""
+    found = []
+    for setting, group in (("paper", "paper"), ("tuned", "tuned")):
+        found += [
+            Claim("EKD (Asif et al. 2020)", "the multi-branch student beats single-teacher KD",
+                  Ref(group, "ekd"), Ref(group, "kd"), setting),
+            Claim("EKD (Asif et al. 2020)", "with little data it beats a larger network trained alone (ResNet20)",
+                  Ref(group, "ekd"), Ref("ekd", "resnet20_alone"), setting),
+            Claim("LP (Chen et al. 2020)", "LP beats KD", Ref(group, "lp"), Ref(group, "kd"), setting),
+            Claim("LP (Chen et al. 2020)", "LP beats FitNet", Ref(group, "lp"), Ref("features", "fitnet"), setting),
+            *_oemc_claims(group, "oemc", setting),
+        ]
+    found += [
+        Claim("SFTN (Park et al. 2021)", "KD from an SFTN teacher beats KD from a standard teacher",
+              Ref("sftn", "scratch_kd"), Ref("tuned", "kd"), "tuned"),
+        Claim("SFTN (Park et al. 2021)", "AT from an SFTN teacher beats AT from a standard teacher",
+              Ref("sftn", "scratch_at"), Ref("features", "at"), "paper"),
+    ]
+    return found
+
+
+def values(table: dict, ref: Ref) -> list[float]:
+    return [100 * r[ref.metric] for r in table.get((ref.group, ref.key), []) if ref.metric in r]
+
+
+def mean_std(xs: list[float]) -> tuple[float, float]:
+    if not xs:
+        return float("nan"), float("nan")
+    return float(np.mean(xs)), float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0
+
+
+def fmt(xs: list[float]) -> str:
+    if not xs:
+        return "pending"
+    mean, std = mean_std(xs)
+    return f"{mean:.2f}" if len(xs) == 1 else f"{mean:.2f} ± {std:.2f}"
+
+
+def verdict(row: list[float], base: list[float], seeds: int) -> dict:
+    """Difference (row - baseline, points), pooled std and the verdict."""
+    if len(row) < seeds or len(base) < seeds:
+        return {"difference": None, "pooled_std": None, "verdict": "pending"}
+    difference = mean_std(row)[0] - mean_std(base)[0]
+    pooled = float(np.sqrt((mean_std(row)[1] ** 2 + mean_std(base)[1] ** 2) / 2))
+    holds = difference > 2 * pooled
+    return {"difference": round(difference, 3), "pooled_std": round(pooled, 3),
+            "verdict": "reproduces" if holds else "does not reproduce"}
+
+
+def last_epochs_range(run_dir: Path, epochs: int = 10) -> tuple[list[float], float] | None:
+    """Validation accuracy (%) per epoch and its range over the last `epochs`."""
+    path = run_dir / "history.csv"
+    if not path.is_file():
+        return None
+    curve = [100 * float(row["val_accuracy"]) for row in csv.DictReader(path.open()) if row.get("val_accuracy")]
+    return (curve, max(curve[-epochs:]) - min(curve[-epochs:])) if len(curve) >= epochs else None
+
+
+def schedule_section(table: dict, cells: list, root: Path, figures: Path) -> str:
+    rows = ["| epochs | validation acc. (%) | test acc. (%) | val. range over the last 10 epochs |",
+            "| ---: | ---: | ---: | ---: |"]
+    curves = {}
+    for cell in cells:
+        if cell.group != "schedule" or not table.get((cell.group, cell.key)):
+            continue
+        result = table[(cell.group, cell.key)][0]
+        curve = last_epochs_range(root / cell.group / f"{cell.key}_seed0")
+        epochs = int(cell.key.removeprefix("baseline_").removesuffix("ep"))
+        if curve:
+            curves[epochs] = curve[0]
+        spread = f"{curve[1]:.2f}" if curve else "—"
+        rows.append(f"| {epochs} | {100 * result['validation_accuracy']:.2f} | {100 * result['test_accuracy']:.2f} "
+                    f"| {spread} |")
+    text = "\n".join(rows)
+    plot = _curves_plot(curves, figures / "standard_schedule.png")
+    return text + (f"\n\n![CE baseline validation curves](figures/{plot.name})" if plot else "")
+
+
+def _curves_plot(curves: dict[int, list[float]], path: Path) -> Path | None:
+    if not curves:
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for epochs, curve in sorted(curves.items()):
+        axis.plot(range(1, len(curve) + 1), curve, label=f"{epochs} epochs (cosine)")
+    axis.set_ylim(max(70.0, min(min(c) for c in curves.values())), None)
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("validation accuracy (%)")
+    axis.set_title("ResNet8 alone (CE), 10% of Fashion-MNIST: where the schedule plateaus")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def tuning_section(root: Path) -> str:
+    parts = []
+    for record in sorted((root / "tuning").glob("*.json")):
+        data = json.loads(record.read_text())
+        rows = [f"**{record.stem}** (chosen: `{data['chosen']}`)", "", "| candidate | validation acc. (%) |",
+                "| --- | ---: |"]
+        rows += [f"| {key}{' (chosen)' if key == data['chosen'] else ''} | {100 * acc:.2f} |"
+                 for key, acc in data["validation_accuracy"].items()]
+        parts.append("\n".join(rows))
+    return "\n\n".join(parts) or "No family has finished yet."
+
+
+def rows_section(table: dict, cells: list) -> tuple[str, list[dict]]:
+    lines = ["| group | row | seeds | test acc. (%) | validation acc. (%) | params | MACs | train s / run |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    records = []
+    for cell in cells:
+        if cell.regime != "10%" or cell.group == "tuning":
+            continue
+        results = table.get((cell.group, cell.key), [])
+        test = [100 * r["test_accuracy"] for r in results]
+        val = [100 * r["validation_accuracy"] for r in results if "validation_accuracy" in r]
+        if not results:
+            lines.append(f"| {cell.group} | {cell.label} | 0 | pending | pending | — | — | — |")
+            continue
+        first = results[0]
+        seconds = np.mean([r["train_time_s"] for r in results])
+        lines.append(f"| {cell.group} | {cell.label} | {len(test)} | {fmt(test)} | {fmt(val)} "
+                     f"| {first['params']:,} | {first['macs']:,} | {seconds:.0f} |")
+        mean, std = mean_std(test)
+        records.append({"suite": "standard", "regime": cell.regime, "group": cell.group, "row": cell.key,
+                        "label": cell.label, "mean": round(mean, 3), "std": round(std, 3),
+                        "seeds": len(test), "params": first["params"], "macs": first["macs"]})
+    return "\n".join(lines), records
+
+
+def claims_section(table: dict, seeds: int) -> tuple[str, list[dict]]:
+    lines = ["| paper | claim | setting | row (%) | baseline (%) | difference | 2 x pooled std | verdict |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |"]
+    records = []
+    for claim in claims():
+        row, base = values(table, claim.row), values(table, claim.baseline)
+        result = verdict(row, base, seeds)
+        difference = "—" if result["difference"] is None else f"{result['difference']:+.2f}"
+        pooled = "—" if result["pooled_std"] is None else f"{2 * result['pooled_std']:.2f}"
+        lines.append(f"| {claim.paper} | {claim.claim} | {claim.setting} | {fmt(row)} | {fmt(base)} | {difference} "
+                     f"| {pooled} | **{result['verdict']}** |")
+        records.append({"paper": claim.paper, "claim": claim.claim, "setting": claim.setting, "row": claim.row.name,
+                        "baseline_row": claim.baseline.name, **result})
+    return "\n".join(lines), records
+
+
+def write(suite: str, table: dict, cells: list, docs: str, root: str, seeds: int = 3) -> None:
+    """Rewrites the standard suite's sections of `docs` and `docs/results.json`."""
+    root_path, figures = Path(root), Path(docs).parent / "figures"
+    write_section(docs, f"{suite}-schedule", "Where the CE baseline plateaus (schedule check)",
+                  schedule_section(table, cells, root_path, figures))
+    teachers = ["| teacher | validation acc. (%) | test acc. (%) | params | train s |", "| --- | ---: | ---: | ---: | ---: |"]
+    for cell in cells:
+        if cell.group == "teachers" and table.get((cell.group, cell.key)):
+            r = table[(cell.group, cell.key)][0]
+            teachers.append(f"| {cell.key.removeprefix('teacher_')} | {100 * r['validation_accuracy']:.2f} "
+                            f"| {100 * r['test_accuracy']:.2f} | {r['params']:,} | {r['train_time_s']:.0f} |")
+    write_section(docs, f"{suite}-teachers", "Teachers (trained by the suite on the same 10%)", "\n".join(teachers))
+    write_section(docs, f"{suite}-tuning", "Hyper-parameters chosen on the validation split (seed 0)",
+                  tuning_section(root_path))
+    rows_text, rows = rows_section(table, cells)
+    write_section(docs, f"{suite}-rows", f"Every row ({suite} suite, last epoch, mean ± std over seeds)", rows_text)
+    claims_text, claim_records = claims_section(table, seeds)
+    write_section(docs, f"{suite}-claims", "The seed papers' claims, tested", claims_text)
+    out = Path(docs).with_suffix(".json")
+    out.write_text(json.dumps({"rows": rows, "claims": claim_records}, indent=2) + "\n")
