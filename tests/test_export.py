@@ -16,7 +16,7 @@ def trained():
     )
     model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
-    train = data.load("synthetic", "train", 100)
+    train = data.load("synthetic", "train", 100, augment=False)  # a deterministic fixture
     model.fit(train, epochs=10, verbose=0)
     x, y = data.synthetic_arrays("test", 2000)  # enough images for a 1-point tolerance
     x = (x.astype("float32") / 255.0 - 0.5) / 0.25
@@ -34,7 +34,9 @@ def test_float_dynamic_and_int8_parity_targets(trained, tmp_path):
                                      num_calibration=500)
         reports[quantize] = export.parity_report(model, path, test, latency_runs=5)
     float_report = reports["none"]
-    assert float_report["top1_agreement"] == 1.0 and float_report["max_abs_logit_diff"] < 1e-4
+    # float32 TFLite differs from Keras only by operation order: ~1e-6 of the logits' range.
+    scale = max(float(np.abs(model.predict(x, verbose=0)).max()) for x, _ in test)
+    assert float_report["top1_agreement"] == 1.0 and float_report["max_abs_logit_diff"] < 1e-5 * scale
     assert float_report["tflite_accuracy"] == pytest.approx(accuracy, abs=1e-6)
     int8 = reports["int8"]
     assert int8["top1_agreement"] >= 0.98

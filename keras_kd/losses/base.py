@@ -190,3 +190,17 @@ def check_logit_shapes(method: str, teacher_shape, student_shape) -> None:
             f"{method} needs (batch, classes) logits with the same number of classes; got teacher "
             f"{describe(teacher_shape)} and student {describe(student_shape)}."
         )
+
+
+def standardize_logits(logits):
+    """Per-sample z-score of logits, `(z - mean(z)) / (std(z) + 1e-7)`.
+
+    Logit standardization (Sun, Ren, Li, Wang, Cao, "Logit Standardization in
+    Knowledge Distillation", CVPR 2024): the student matches the teacher's
+    logit *relations* instead of their range. `std` is the sample standard
+    deviation (ddof = 1), as in the authors' code (`torch.Tensor.std`).
+    """
+    mean = ops.mean(logits, axis=-1, keepdims=True)
+    classes = ops.cast(ops.shape(logits)[-1], logits.dtype)
+    variance = ops.sum(ops.square(logits - mean), axis=-1, keepdims=True) / (classes - 1.0)
+    return (logits - mean) / (ops.sqrt(variance) + 1e-7)

@@ -10,6 +10,7 @@ from keras_kd.losses.base import (
     check_logit_shapes,
     check_non_negative,
     check_positive,
+    standardize_logits,
 )
 from keras_kd.registry import SuiteRow, register_loss
 
@@ -37,7 +38,8 @@ class DISTLoss(DistillationLoss):
     the teacher's ranking without its scale, which is what makes DIST robust
     to large teacher-student gaps. Defaults `beta = gamma = tau = 1` follow the
     authors' released implementation; Pearson uses a 1e-8 floor on the norm
-    product as theirs.
+    product as theirs. `logit_standardization=True` z-scores the logits
+    before `tau` (Sun et al., CVPR 2024).
 
     Example:
 
@@ -49,8 +51,11 @@ class DISTLoss(DistillationLoss):
 
     metric_name = "dist_loss"
 
-    def __init__(self, beta: float = 1.0, gamma: float = 1.0, tau: float = 1.0, **kwargs):
+    def __init__(
+        self, beta: float = 1.0, gamma: float = 1.0, tau: float = 1.0, logit_standardization: bool = False, **kwargs
+    ):
         super().__init__(**kwargs)
+        self.logit_standardization = bool(logit_standardization)
         self.beta = check_non_negative("beta", beta)
         self.gamma = check_non_negative("gamma", gamma)
         self.tau = check_positive("tau", tau)
@@ -59,6 +64,8 @@ class DISTLoss(DistillationLoss):
         check_logit_shapes("DIST", teacher_shape, student_shape)
 
     def compute_loss(self, teacher_output, student_output, context: LossContext):
+        if self.logit_standardization:
+            teacher_output, student_output = standardize_logits(teacher_output), standardize_logits(student_output)
         p_s = ops.softmax(student_output / self.tau, axis=-1)
         p_t = ops.softmax(teacher_output / self.tau, axis=-1)
         inter = 1.0 - ops.mean(_pearson(p_s, p_t, axis=1))
@@ -66,4 +73,7 @@ class DISTLoss(DistillationLoss):
         return self.tau**2 * (self.beta * inter + self.gamma * intra)
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "beta": self.beta, "gamma": self.gamma, "tau": self.tau}
+        config = {**super().get_config(), "beta": self.beta, "gamma": self.gamma, "tau": self.tau}
+        if self.logit_standardization:
+            config["logit_standardization"] = True
+        return config

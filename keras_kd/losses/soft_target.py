@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from keras import ops
 
-from keras_kd.losses.base import DistillationLoss, LossContext, check_logit_shapes, check_positive
+from keras_kd.losses.base import (
+    DistillationLoss,
+    LossContext,
+    check_logit_shapes,
+    check_positive,
+    standardize_logits,
+)
 from keras_kd.registry import SuiteRow, register_loss
 
 
@@ -32,6 +38,9 @@ class SoftTargetLoss(DistillationLoss):
     `loss="kl_divergence"` computes the same value. Compares logits unless
     layer names are given. `temperature_scaling=False` drops the `T^2`
     factor (OEMC's paper equation has none; its code has it).
+    `logit_standardization=True` z-scores both networks' logits per sample
+    before the temperature (Sun et al., "Logit Standardization in Knowledge
+    Distillation", CVPR 2024; their KD setting uses `T = 2` with it).
 
     Example:
 
@@ -44,10 +53,17 @@ class SoftTargetLoss(DistillationLoss):
 
     metric_name = "distillation_loss"
 
-    def __init__(self, temperature: float = 4.0, temperature_scaling: bool = True, **kwargs):
+    def __init__(
+        self,
+        temperature: float = 4.0,
+        temperature_scaling: bool = True,
+        logit_standardization: bool = False,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.temperature = check_positive("temperature", temperature)
         self.temperature_scaling = bool(temperature_scaling)
+        self.logit_standardization = bool(logit_standardization)
 
     def check_shapes(self, teacher_shape, student_shape):
         check_logit_shapes("soft targets", teacher_shape, student_shape)
@@ -58,10 +74,14 @@ class SoftTargetLoss(DistillationLoss):
                 "SoftTargetLoss needs teacher and student logits with the same number of classes, got "
                 f"teacher {teacher_output.shape[-1]} and student {student_output.shape[-1]}."
             )
+        if self.logit_standardization:
+            teacher_output, student_output = standardize_logits(teacher_output), standardize_logits(student_output)
         return soft_target_kl(teacher_output, student_output, self.temperature, self.temperature_scaling)
 
     def get_config(self) -> dict:
         config = {**super().get_config(), "temperature": self.temperature}
         if not self.temperature_scaling:
             config["temperature_scaling"] = False
+        if self.logit_standardization:
+            config["logit_standardization"] = True
         return config

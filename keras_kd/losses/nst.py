@@ -1,0 +1,68 @@
+"""Neuron selectivity transfer (Huang & Wang, 2017)."""
+
+from __future__ import annotations
+
+from keras import ops
+
+from keras_kd.losses.attention import _common_size, _pool_to
+from keras_kd.losses.base import DistillationLoss, LossContext, describe
+from keras_kd.registry import SuiteRow, register_loss
+
+
+def _channel_maps(features):
+    """(batch, channels, H*W), each channel's spatial map L2-normalized."""
+    batch, height, width, channels = (ops.shape(features)[0], *features.shape[1:])
+    maps = ops.transpose(ops.reshape(features, (batch, height * width, channels)), (0, 2, 1))
+    return maps / ops.maximum(ops.norm(maps, axis=2, keepdims=True), 1e-12)
+
+
+def _poly_mean(a, b):
+    """Mean of the squared inner products between every channel map of `a` and of `b`."""
+    return ops.mean(ops.square(ops.matmul(a, ops.transpose(b, (0, 2, 1)))))
+
+
+@register_loss(
+    "nst",
+    SuiteRow("NST (stages 1-3)", tuple({"weight": 50.0, "teacher_layer_name": f"stage{i}",
+                                        "student_layer_name": f"stage{i}"} for i in (1, 2, 3)),
+             student_loss_weight=1.0, order=9),
+)
+class NSTLoss(DistillationLoss):
+    """Squared MMD between the teacher's and student's channel-map
+    distributions with the polynomial kernel `k(x, y) = (x . y)^2`.
+
+    Huang & Wang, "Like What You Like: Knowledge Distill via Neuron
+    Selectivity Transfer", 2017. Each channel's spatial map, L2-normalized,
+    is one sample:
+
+        loss = mean k(t, t') + mean k(s, s') - 2 mean k(s, t)
+
+    Channel counts may differ; a larger spatial map is average-pooled to the
+    smaller one. The CRD benchmark (RepDistiller) applies it to every
+    intermediate stage at weight 50 with cross-entropy at weight 1.
+
+    Example:
+
+    >>> import numpy as np
+    >>> f = np.random.rand(2, 4, 4, 6).astype("float32")
+    >>> round(float(NSTLoss()(f, 5 * f)), 5)
+    0.0
+    """
+
+    metric_name = "nst_loss"
+
+    def check_shapes(self, teacher_shape, student_shape):
+        pair = f"teacher {describe(teacher_shape)} and student {describe(student_shape)}"
+        if len(teacher_shape) != 4 or len(student_shape) != 4:
+            raise ValueError(f"NST needs (batch, H, W, C) feature maps; got {pair}.")
+        size = _common_size(teacher_shape, student_shape)
+        for shape in (teacher_shape, student_shape):
+            h, w = shape[1], shape[2]
+            if h % size[0] or w % size[1] or h // size[0] != w // size[1]:
+                raise ValueError(f"NST cannot pool {pair} to a common {size[0]}x{size[1]} map.")
+
+    def compute_loss(self, teacher_output, student_output, context: LossContext):
+        size = _common_size(teacher_output.shape, student_output.shape)
+        t = _channel_maps(_pool_to(teacher_output, size))
+        s = _channel_maps(_pool_to(student_output, size))
+        return _poly_mean(t, t) + _poly_mean(s, s) - 2.0 * _poly_mean(s, t)
