@@ -58,6 +58,7 @@ class Protocol:
     distill_common: tuple[str, ...] = ()  # overrides of every cell with frozen teachers (the teacher cache)
     sftn_finetune: bool = True  # also the fine-tuning mode of SFTN (reference teacher + a quarter schedule)
     order: tuple[str, ...] = ()  # `group/key` prefixes run first, in this order (claims before extras)
+    headline: bool = False  # full-data headline: ResNet8 alone, KD and the best 10% method (teacher on full data)
 
 
 SUITES = {
@@ -86,7 +87,8 @@ SUITES = {
                                 "features/fitnet", "tuning/lp_", "tuned/lp", "sftn/scratch_teacher",
                                 "sftn/scratch_kd", "features/at", "sftn/scratch_at", "tuning/ekd_", "tuned/ekd",
                                 "ekd/resnet20_alone", "tuning/oemc_", "tuned/oemc", "online/alone_w",
-                                "paper/", "ekd/ekd_ce", "features/")),
+                                "paper/", "ekd/ekd_ce", "features/", "ekd/", "online/", "headline/"),
+                         headline=True),
 }
 
 
@@ -167,6 +169,51 @@ def base_cells(p: Protocol) -> list[Cell]:
         for j in (4, 3, 2, 1)
     ]
     return rows
+
+
+def headline_cells(p: Protocol) -> list[Cell]:
+    """Full training set (the validation split held out), `full_data_epochs`:
+    ResNet8 alone, KD with the T chosen on validation, and the single-teacher
+    method with the best 10%-regime validation accuracy, all from a ResNet20
+    teacher trained by the suite on the same data."""
+    full = ("data.subset_fraction=null", f"train.epochs={p.full_data_epochs}")
+    teacher = ("teacher.path={headline_teacher}", *full)
+    return [
+        Cell("headline", "teacher_resnet20", "teacher ResNet20 (full data)", "train-teacher", "teacher_fmnist.yaml",
+             ("teacher.arch=resnet20", *full, "train.validation_freq=1"), regime="full", seeds=(0,)),
+        Cell("headline", "baseline", "ResNet8 alone (CE), full data", "train-teacher", "kd_fmnist.yaml",
+             (*RESNET8_ALONE, *full), regime="full"),
+        Cell("headline", "kd", "KD (T chosen on validation), full data", "distill", "kd_fmnist.yaml", teacher,
+             regime="full", tuned="kd"),
+        Cell("headline", "best", "the single-teacher method best on 10%-regime validation, full data", "distill",
+             "kd_fmnist.yaml", teacher, regime="full", tuned=BEST),
+    ]
+
+
+#: `Cell.tuned` of a row that takes the config of the best single-teacher 10% row (`best_row`).
+BEST = "best single-teacher row"
+
+
+def best_row(suite: str) -> Cell | None:
+    """The single-teacher, single-student distillation row of the 10% regime
+    with the highest mean validation accuracy over the protocol's seeds; None
+    while any of them is unfinished."""
+    p = SUITES[suite]
+    candidates = [c for c in cells(suite) if c.regime == "10%" and c.kind == "distill"
+                  and c.group in ("features", "tuned", "paper") and c.key not in ("ekd", "oemc")]
+    scores = {}
+    for cell in candidates:
+        found = [cell_dir(suite, cell, seed) / "results.json" for seed in (cell.seeds or p.seeds)]
+        if not all(path.is_file() for path in found):
+            return None
+        scores[(cell.group, cell.key)] = sum(json.loads(path.read_text())["validation_accuracy"] for path in found)
+    best = max(candidates, key=lambda c: scores[(c.group, c.key)])
+    record = Path(p.root) / "tuning" / "headline_best.json"
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"mean_validation_accuracy": {f"{g}/{k}": v / len(p.seeds)
+                                                               for (g, k), v in scores.items()},
+                                  "chosen": f"{best.group}/{best.key}"}, indent=2) + "\n")
+    return best
 
 
 def _losses(*entries: dict) -> str:
@@ -254,8 +301,8 @@ def cells(suite: str) -> list[Cell]:
                  seeds=(0,))
             for arch in TEACHERS
         ]
-    rows = first + base_cells(p) + (tuning_cells() if p.tuning else [])
-    twins = [c for c in rows if c.group in p.full_data_groups and c.key != "oemc_no_inter"]  # ablation: 10% only
+    rows = first + base_cells(p) + (tuning_cells() if p.tuning else []) + (headline_cells(p) if p.headline else [])
+    twins = [c for c in rows if c.group in p.full_data_groups and c.key != "oemc_no_inter" and c.regime == "10%"]  # ablation: 10% only
     if "online" in p.full_data_groups:  # on the full data student 1 is not the features baseline
         twins.append(Cell("online", "alone_w5", "ResNet8 width 5/5 alone (CE)", "train-teacher", "kd_fmnist.yaml",
                           ("student.arch=resnet8", "teacher.path=null", "student.width_ratio=1.0", "method=ce")))
@@ -305,6 +352,13 @@ def resolve(suite: str, cell: Cell, seed: int):
         key: cell_dir(suite, Cell(f"sftn{suffix}", key, "", "", ""), 0)
         for key in ("sftn_teacher", "ce_teacher", "scratch_teacher")
     }
+    teachers["headline_teacher"] = cell_dir(suite, Cell("headline", "teacher_resnet20", "", "", ""), 0)
+    config_file, chosen = cell.config, ()
+    if cell.tuned == BEST:
+        row = best_row(suite)
+        if row is None:
+            raise TuningPendingError(f"{cell.group}/{cell.key}: the 10% rows it chooses from are not finished")
+        config_file, chosen = row.config, row.overrides + (_tuned_overrides(suite, row) if row.tuned else ())
     overrides = [
         f"output_dir={folder.parent}",
         f"run_name={folder.name}",
@@ -312,14 +366,12 @@ def resolve(suite: str, cell: Cell, seed: int):
         f"train.epochs={p.epochs}",
         *p.common,
         *(p.distill_common if cell.kind == "distill" else ()),
+        *(o.format(**teachers) for o in chosen),
         *(o.format(**teachers) for o in cell.overrides),
     ]
-    if cell.tuned:
-        best = best_candidate(suite, cell.tuned)
-        if best is None:
-            raise TuningPendingError(f"{cell.group}/{cell.key}: tuning family {cell.tuned!r} is not finished")
-        overrides += [o.format(**teachers) for o in best.overrides]
-    config = load_config(CONFIGS / cell.config, overrides)
+    if cell.tuned and cell.tuned != BEST:
+        overrides += [o.format(**teachers) for o in _tuned_overrides(suite, cell)]
+    config = load_config(CONFIGS / config_file, overrides)
     if not any(o.startswith("train.validation_freq=") for o in cell.overrides):
         config.train.validation_freq = config.train.epochs  # one evaluation, after the last epoch
     if cell.regime == "full" or p.own_teachers:
@@ -331,6 +383,13 @@ def resolve(suite: str, cell: Cell, seed: int):
         for section in [config.teacher, *config.teachers]:
             section.path = replacements.get(section.path, section.path)
     return config
+
+
+def _tuned_overrides(suite: str, cell: Cell) -> tuple[str, ...]:
+    best = best_candidate(suite, cell.tuned)
+    if best is None:
+        raise TuningPendingError(f"{cell.group}/{cell.key}: tuning family {cell.tuned!r} is not finished")
+    return best.overrides
 
 
 class TuningPendingError(RuntimeError):

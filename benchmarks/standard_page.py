@@ -174,21 +174,21 @@ def tuning_section(root: Path) -> str:
 
 
 def rows_section(table: dict, cells: list) -> tuple[str, list[dict]]:
-    lines = ["| group | row | seeds | test acc. (%) | validation acc. (%) | params | MACs | train s / run |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| data | group | row | seeds | test acc. (%) | validation acc. (%) | params | MACs | train s / run |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     records = []
     for cell in cells:
-        if cell.regime != "10%" or cell.group == "tuning":
+        if cell.group == "tuning":
             continue
         results = table.get((cell.group, cell.key), [])
         test = [100 * r["test_accuracy"] for r in results]
         val = [100 * r["validation_accuracy"] for r in results if "validation_accuracy" in r]
         if not results:
-            lines.append(f"| {cell.group} | {cell.label} | 0 | pending | pending | — | — | — |")
+            lines.append(f"| {cell.regime} | {cell.group} | {cell.label} | 0 | pending | pending | — | — | — |")
             continue
         first = results[0]
         seconds = np.mean([r["train_time_s"] for r in results])
-        lines.append(f"| {cell.group} | {cell.label} | {len(test)} | {fmt(test)} | {fmt(val)} "
+        lines.append(f"| {cell.regime} | {cell.group} | {cell.label} | {len(test)} | {fmt(test)} | {fmt(val)} "
                      f"| {first['params']:,} | {first['macs']:,} | {seconds:.0f} |")
         mean, std = mean_std(test)
         records.append({"suite": "standard", "regime": cell.regime, "group": cell.group, "row": cell.key,
