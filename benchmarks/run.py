@@ -84,7 +84,7 @@ SUITES = {
                          own_teachers=True, schedule_epochs=(15, 30, 60, 120), tuning=True,
                          distill_common=("cache.teacher_outputs=auto",), sftn_finetune=False,
                          order=("schedule/", "teachers/", "features/baseline", "tuning/kd_", "tuned/kd",
-                                "features/fitnet", "tuning/lp_", "tuned/lp", "sftn/scratch_teacher",
+                                "cache/", "features/fitnet", "tuning/lp_", "tuned/lp", "sftn/scratch_teacher",
                                 "sftn/scratch_kd", "features/at", "sftn/scratch_at", "tuning/ekd_", "tuned/ekd",
                                 "ekd/resnet20_alone", "tuning/oemc_", "tuned/oemc", "online/alone_w",
                                 "paper/", "ekd/ekd_ce", "features/", "ekd/", "online/", "headline/"),
@@ -254,7 +254,12 @@ def tuning_cells() -> list[Cell]:
             ("no_inter", "without L_inter", ("method.inter_weight=0.0",)),
         ]),
     }
-    rows = []
+    rows = [
+        # The same run as tuning/kd_t4 with the teacher online: what the cache saves, and that it changes nothing else.
+        Cell("cache", "kd_t4_online", "KD T = 4, teacher online (control of the cached tuning/kd_t4)", "distill", kd,
+             (_losses({"name": "kd", "weight": 0.9, "temperature": 4.0}), "cache.teacher_outputs=online"),
+             seeds=(0,)),
+    ]
     for family, (label, config, kind, paper, candidates) in families.items():
         rows += [Cell("tuning", f"{family}_{key}", f"{family}: {text}", kind, config, overrides, seeds=(0,),
                       family=family) for key, text, overrides in candidates]

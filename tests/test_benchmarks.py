@@ -112,3 +112,39 @@ def test_standard_verdicts_follow_the_two_pooled_std_rule(tmp_path):
     assert row["mean"] == 91.0 and row["std"] == 1.0 and row["seeds"] == 3 and row["suite"] == "standard"
     assert "| LP (Chen et al. 2020) | LP beats KD | tuned | 91.00 ± 1.00 | 88.50 ± 0.50 | +2.50 | 1.58 |" in (
         docs.read_text())
+
+
+def test_headline_takes_the_best_single_teacher_row_and_tuned_seed0_reuses_its_candidate(tmp_path, monkeypatch):
+    import dataclasses
+
+    import pytest
+
+    monkeypatch.setitem(run.SUITES, "standard", dataclasses.replace(run.SUITES["standard"], root=str(tmp_path)))
+    cells = run.cells("standard")
+    best = next(c for c in cells if c.tuned == run.BEST)
+    with pytest.raises(run.TuningPendingError, match="rows it chooses from are not finished"):
+        run.resolve("standard", best, 0)
+
+    def finish(cell, seed, accuracy):
+        folder = run.cell_dir("standard", cell, seed)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.yaml").write_text(run.dump(run.resolve("standard", cell, seed)))
+        (folder / "results.json").write_text(json.dumps({"validation_accuracy": accuracy, "test_accuracy": 0.5}))
+
+    for cell in cells:  # every tuning candidate: lp_hint_layer wins its family on validation
+        if cell.family:
+            finish(cell, 0, 0.95 if cell.key == "lp_hint_layer" else 0.80)
+    tuned_lp = next(c for c in cells if c.tuned == "lp")
+    # Seed 0 of a tuned row is its winning candidate's run, found by config, not run again.
+    assert run.same_run("standard", tuned_lp, 0, run.resolve("standard", tuned_lp, 0)) == run.cell_dir(
+        "standard", next(c for c in cells if c.key == "lp_hint_layer"), 0)
+    for cell in cells:
+        if cell.regime == "10%" and cell.kind == "distill" and cell.group in ("features", "tuned", "paper"):
+            if cell.key not in ("ekd", "oemc"):
+                for seed in (0, 1, 2):
+                    finish(cell, seed, 0.93 if (cell.group, cell.key) == ("tuned", "lp") else 0.90)
+    config = run.resolve("standard", best, 1)
+    assert config.method.losses[0]["teacher_layer_name"] == "stage2"  # the chosen LP variant
+    assert config.teacher.path.endswith("headline/teacher_resnet20_seed0")
+    assert config.data.subset_fraction is None and config.train.epochs == run.SUITES["standard"].full_data_epochs
+    assert json.loads((tmp_path / "tuning" / "headline_best.json").read_text())["chosen"] == "tuned/lp"
