@@ -1,7 +1,8 @@
 """Run by test_distribute.py in a fresh process: one training step on 2
 logical CPUs under MirroredStrategy must equal the same step on one device,
 for every trainer whose terms are batch means (Distiller + KD, AT and a hint
-regressor, Supervised, EnsembleDistiller, OnlineEnsembleDistiller), and for
+regressor; VID with its learned variances), Supervised, EnsembleDistiller,
+OnlineEnsembleDistiller, and for
 batches that carry cached teacher outputs (Distiller, EnsembleDistiller).
 BatchNorm-free models, so per-replica batch statistics cannot differ. Then a
 NaN seen by ONE replica only must stop the step on BOTH (the checks are
@@ -79,6 +80,17 @@ def make_distiller():
     return distiller, student
 
 
+def make_vid_distiller():
+    """A loss with learned state (VID's regressor and per-channel variances)."""
+    student = bn_free(4, "student")
+    distiller = Distiller(
+        teacher=bn_free(8, "teacher"), student=student,
+        distillation_losses=[losses.VIDLoss(teacher_layer_name="stage2", student_layer_name="stage2")],
+        distillation_loss_weights=[1.0], student_loss_weight=1.0,
+    )
+    return distiller, student
+
+
 def make_supervised():
     student = bn_free(4, "student")
     return Supervised(model=student), student
@@ -95,7 +107,7 @@ def make_online():
     return OnlineEnsembleDistiller(network=network), network
 
 
-FACTORIES = (make_distiller, make_supervised, make_ensemble, make_online)
+FACTORIES = (make_distiller, make_vid_distiller, make_supervised, make_ensemble, make_online)
 
 
 def cached_columns(distiller, images) -> dict:
