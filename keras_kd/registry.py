@@ -91,11 +91,14 @@ class BuildContext:
         input_shape: image shape without batch.
         num_classes: number of classes of the dataset.
         sync_batchnorm: whether trained networks use synchronized BatchNorm.
+        num_examples: size of the training set (losses with a per-example
+            memory bank size it from this).
     """
 
     input_shape: tuple
     num_classes: int
     sync_batchnorm: bool
+    num_examples: int | None = None
 
     def teacher(self) -> keras.Model:
         """The trained model of the `teacher` section (frozen by distillers)."""

@@ -159,6 +159,41 @@ for factory in (make_distiller, make_ensemble):
     ok = ok and worst < 1e-5 and loss_gap < 1e-4
 
 
+def crd_memory_step():
+    """CRD's memory banks under MirroredStrategy: each replica sees half the
+    batch, yet after one step BOTH copies of each bank hold the momentum update
+    of ALL the batch's rows (gathered across replicas) and nothing else changed."""
+    with mirrored_strategy.scope():
+        keras.utils.set_random_seed(0)
+        distiller = Distiller(
+            teacher=bn_free(8, "teacher"), student=bn_free(4, "student"), student_loss_weight=1.0,
+            distillation_losses=[losses.CRDLoss(num_samples=40, num_negatives=16, feature_dim=8,
+                                                teacher_layer_name="embedding", student_layer_name="embedding")],
+        )
+        distiller.compile(optimizer=keras.optimizers.SGD(0.0), jit_compile=False)  # lr 0: only the banks move
+    part = distiller.loss_parts["crd_loss"]
+    index = np.arange(16, dtype="int64") * 2  # rows 0, 2, ..., 30
+    before = {name: np.asarray(getattr(part, name)).copy() for name in ("student_memory", "teacher_memory")}
+    teacher_features = distiller.teacher_view(x[:16], training=False)["embedding"]
+    student_features = distiller.student_view(x[:16], training=False)["embedding"]
+    v_t, v_s = (np.asarray(v) for v in part.embed(teacher_features, student_features))
+    ds = tf.data.Dataset.from_tensor_slices(({"image": x[:16], "index": index}, y[:16])).batch(16)
+    distiller.fit(ds, epochs=1, verbose=0)
+    ok = True
+    for name, v in (("student_memory", v_s), ("teacher_memory", v_t)):
+        copies = [np.asarray(c) for c in getattr(part, name).value.values]
+        expected = before[name].copy()
+        rows = 0.5 * expected[index] + 0.5 * v
+        expected[index] = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+        worst = max(float(np.abs(c - expected).max()) for c in copies)
+        print(f"crd {name}: {len(copies)} copies, max difference from the gathered update {worst:.3g}")
+        ok = ok and len(copies) == 2 and worst < 1e-5
+    return ok
+
+
+ok = crd_memory_step() and ok
+
+
 def linear(name):
     # No ReLU: oneDNN's fused conv+relu maps NaN to 0, which would hide the NaN.
     return keras.Sequential([keras.Input((12, 12, 1)), keras.layers.Flatten(), keras.layers.Dense(10)], name=name)

@@ -10,3 +10,4 @@ def test_mirrored_strategy_step_matches_single_device():
     assert result.stdout.count("max weight difference") == 7
     assert result.stdout.count("unchanged True; iterations 1") == 2
     assert "label 17 at step 1" in result.stdout
+    assert result.stdout.count("copies, max difference from the gathered update") == 2

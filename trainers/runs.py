@@ -122,12 +122,13 @@ def augmentation(config: RunConfig) -> data.Augmentation | None:
     return data.Augmentation(pad=cfg.pad, flip=data.info(cfg.name).horizontal_flip, seed=seed)
 
 
-def datasets(config: RunConfig, teacher_cache=None, initial_epoch: int = 0):
+def datasets(config: RunConfig, teacher_cache=None, initial_epoch: int = 0, with_index: bool = False):
     """`(train, monitor, test, steps_per_epoch)` from the `data` section.
 
     `train` spans the run's epochs from `initial_epoch` (views reproducible
     per (seed, epoch, example); its batches carry the cached teacher outputs
-    when `teacher_cache` is given). `monitor` is what `fit` validates on: the
+    when `teacher_cache` is given, and each example's row with `with_index`).
+    `monitor` is what `fit` validates on: the
     validation split when `data.validation_fraction` is set (hyper-parameters
     are chosen on it, never on the test set), else the test set."""
     cfg = config.data
@@ -145,6 +146,7 @@ def datasets(config: RunConfig, teacher_cache=None, initial_epoch: int = 0):
         epochs=epochs,
         initial_epoch=min(initial_epoch * steps // per_epoch, epochs - 1),
         teacher_cache=teacher_cache,
+        with_index=with_index,
         **common,
     )
     test = data.load(cfg.name, "test", 512, **common)
@@ -230,6 +232,7 @@ class RunBuildContext(registry.BuildContext):
         self.input_shape = meta.input_shape
         self.num_classes = meta.num_classes
         self.sync_batchnorm = config.train.sync_batchnorm
+        self.num_examples = len(training_arrays(config)[1])
 
     def _model(self, section, role: str) -> keras.Model:
         if section.path:
@@ -431,7 +434,7 @@ def _train(config: RunConfig, overwrite: bool, resume: bool) -> dict:
     try:
         cache, cache_info = teacher_cache(config, trainer)
         initial_epoch = _compat.resumed_epoch(run_dir / "backup") if resume else 0
-        train_data, monitor, test, steps = datasets(config, cache, initial_epoch)
+        train_data, monitor, test, steps = datasets(config, cache, initial_epoch, trainer.needs_sample_index)
         seconds = _fit(trainer, config, train_data, steps, monitor, run_dir, "distiller.keras")
         atomic_save(trainer, run_dir / "distiller.keras")
         for name, model in trainer.deliverables().items():

@@ -279,6 +279,12 @@ class BaseDistiller(_compat.MultiWorkerBuild, keras.Model):
 
     # -- frozen teachers and their cache -----------------------------------------
 
+    @property
+    def needs_sample_index(self) -> bool:
+        """True when a loss reads each example's row in the training set: feed
+        dict batches `{"image": x, "index": i}` (`data.load(..., with_index=True)`)."""
+        return False
+
     def frozen_teachers(self) -> list[keras.Model]:
         """Views of the frozen teachers (`logits` plus the taps the losses
         read) whose outputs a `keras_kd.data.TeacherOutputCache` can replace;

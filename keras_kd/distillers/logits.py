@@ -166,6 +166,10 @@ class Distiller(BaseDistiller):
     def frozen_teachers(self) -> list[keras.Model]:
         return [self.teacher_view]
 
+    @property
+    def needs_sample_index(self) -> bool:
+        return any(loss.needs_sample_index for loss in self.distillation_losses)
+
     def compute_terms(self, x, y, student_outputs, training):
         (teacher,) = self.teacher_pass(x)
         terms = [LossTerm("student_loss", self.student_loss_weight, cross_entropy(y, student_outputs[LOGITS]))]

@@ -81,6 +81,10 @@ class DistillationLoss:
 
     #: Default metric name of the term.
     metric_name = "distillation_loss"
+    #: True for losses that read each example's row in the training set
+    #: (`context.inputs["index"]`, e.g. a memory bank); distillers then ask for
+    #: dict batches with an "index" entry and the CLI feeds them.
+    needs_sample_index = False
 
     def __init__(
         self,
@@ -130,13 +134,14 @@ class DistillationLoss:
         epoch=0,
         parts: keras.layers.Layer | None = None,
         training: bool = False,
+        inputs=None,
         context: LossContext | None = None,
     ):
         """The loss of two tensors (direct use, tests); distillers pass a context."""
         teacher_output = ops.cast(teacher_output, "float32")
         student_output = ops.cast(student_output, "float32")
         if context is None:
-            context = LossContext(labels, step, epoch, training, parts)
+            context = LossContext(labels, step, epoch, training, parts, inputs=inputs)
         return self.compute_loss(teacher_output, student_output, context)
 
     # -- serialization ----------------------------------------------------------

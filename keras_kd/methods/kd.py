@@ -15,10 +15,11 @@ from keras_kd.registry import BuildContext, NonNegative, register_method
 DEFAULT_LOSSES = ({"name": "kd", "weight": 0.9, "temperature": 4.0},)
 
 
-def build_losses(specs: list[dict[str, Any]]) -> tuple[list, list[float]]:
+def build_losses(specs: list[dict[str, Any]], num_examples: int | None = None) -> tuple[list, list[float]]:
     """`[{"name": "hint", "weight": 100, "teacher_layer_name": ...}, ...]` ->
     (loss objects, weights). Keys besides `name`/`weight` are the loss's
-    constructor arguments.
+    constructor arguments; a loss with a per-example memory bank gets
+    `num_samples=num_examples` unless its spec sets it.
 
     >>> built, weights = build_losses([{"name": "kd", "weight": 0.9, "temperature": 2.0}])
     >>> built[0].temperature, weights
@@ -30,6 +31,8 @@ def build_losses(specs: list[dict[str, Any]]) -> tuple[list, list[float]]:
         if not isinstance(spec, dict) or "name" not in spec:
             raise ValueError(f"losses[{index}] must be a mapping with a `name`, got {spec!r}.")
         args = {key: value for key, value in spec.items() if key not in ("name", "weight")}
+        if num_examples and getattr(kd_losses.loss_class(spec["name"]), "needs_sample_index", False):
+            args.setdefault("num_samples", num_examples)
         try:
             built.append(kd_losses.get(spec["name"], **args))
         except (TypeError, ValueError) as error:
@@ -63,7 +66,7 @@ def build_kd(
     `{name, weight, **arguments}`, e.g. `{name: hint, weight: 100,
     teacher_layer_name: stage2, student_layer_name: stage2}`).
     """
-    built, weights = build_losses(list(losses))
+    built, weights = build_losses(list(losses), context.num_examples)
     return Distiller(
         teacher=context.teacher(),
         student=context.prepare(context.student()),

@@ -1,0 +1,215 @@
+"""Contrastive representation distillation (Tian, Krishnan, Isola, ICLR 2020)."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from keras_kd.losses.base import DistillationLoss, LossContext, check_positive, describe
+from keras_kd.registry import SuiteRow, register_loss
+
+
+def _unit(x):
+    return x / ops.maximum(ops.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def _all_gather(value):
+    """`value` of every replica, concatenated on axis 0 (itself off a strategy)."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return value
+    return context.all_gather(value, axis=0)
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class ContrastMemory(keras.layers.Layer):
+    """CRD's trainable embeddings and its two memory banks.
+
+    `student_embed` / `teacher_embed` map each network's features to
+    `feature_dim` (linear, then L2-normalized). `student_memory` and
+    `teacher_memory` hold one running embedding per training example
+    (`num_samples x feature_dim`, non-trainable, initialised uniform in
+    `+-1/sqrt(feature_dim/3)`), updated after each step as
+    `m_i <- normalize(momentum * m_i + (1 - momentum) * v_i)` for the batch's
+    examples. Under `tf.distribute` the batch rows of every replica are
+    gathered first, so every copy of the banks receives the same update.
+    `z_student` / `z_teacher` are the NCE normalisation constants, set from
+    the first training batch and fixed afterwards.
+    """
+
+    def __init__(self, num_samples: int, feature_dim: int = 128, num_negatives: int = 16384,
+                 temperature: float = 0.07, momentum: float = 0.5, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.num_samples, self.feature_dim, self.num_negatives = int(num_samples), int(feature_dim), int(num_negatives)
+        self.temperature, self.momentum, self.seed = float(temperature), float(momentum), seed
+        self.student_embed = keras.layers.Dense(self.feature_dim, name="student_embed")
+        self.teacher_embed = keras.layers.Dense(self.feature_dim, name="teacher_embed")
+        self.seed_generator = keras.random.SeedGenerator(seed, name="negatives")
+
+    def build(self, shapes):
+        teacher_width, student_width = shapes
+        self.teacher_embed.build((None, teacher_width))
+        self.student_embed.build((None, student_width))
+        bound = 1.0 / math.sqrt(self.feature_dim / 3.0)
+        init = keras.initializers.RandomUniform(-bound, bound, seed=self.seed)
+        for name in ("student_memory", "teacher_memory"):
+            setattr(self, name, self.add_weight(shape=(self.num_samples, self.feature_dim), initializer=init,
+                                                trainable=False, name=name, aggregation="only_first_replica"))
+        for name in ("z_student", "z_teacher"):
+            setattr(self, name, self.add_weight(shape=(), initializer=keras.initializers.Constant(-1.0),
+                                                trainable=False, name=name, aggregation="only_first_replica"))
+
+    def embed(self, teacher, student):
+        flat = lambda x: ops.reshape(x, (ops.shape(x)[0], -1))  # noqa: E731
+        return _unit(self.teacher_embed(flat(teacher))), _unit(self.student_embed(flat(student)))
+
+    def sample(self, index):
+        """`(batch, 1 + num_negatives)` rows: the example itself, then uniform negatives."""
+        negatives = keras.random.randint((ops.shape(index)[0], self.num_negatives), 0, self.num_samples,
+                                         dtype="int32", seed=self.seed_generator)
+        return ops.concatenate([ops.cast(ops.reshape(index, (-1, 1)), "int32"), negatives], axis=1)
+
+    def scores(self, v_teacher, v_student, rows):
+        """`exp(<memory row, anchor> / T)`: the student anchor against teacher
+        memories, and the teacher anchor against student memories."""
+        # One dense (batch x num_samples) product per bank, then the sampled entries: far cheaper than
+        # gathering batch x (1 + num_negatives) x feature_dim memory rows (1 GB per bank at the defaults).
+        teacher_similarity = ops.matmul(v_student, ops.transpose(ops.convert_to_tensor(self.teacher_memory)))
+        student_similarity = ops.matmul(v_teacher, ops.transpose(ops.convert_to_tensor(self.student_memory)))
+        student_anchor = ops.exp(ops.take_along_axis(teacher_similarity, rows, axis=1) / self.temperature)
+        teacher_anchor = ops.exp(ops.take_along_axis(student_similarity, rows, axis=1) / self.temperature)
+        return student_anchor, teacher_anchor
+
+    def normalize(self, scores, z, training: bool):
+        """`scores / Z`, `Z = mean(scores) * num_samples` of the first training batch."""
+        if training:
+            first = ops.mean(scores) * self.num_samples
+            z.assign(ops.where(z < 0, first, z))
+        return scores / ops.where(z < 0, ops.mean(scores) * self.num_samples, ops.convert_to_tensor(z))
+
+    def update(self, v_teacher, v_student, index):
+        index = ops.cast(_all_gather(ops.reshape(index, (-1,))), "int32")
+        for memory, value in ((self.student_memory, v_student), (self.teacher_memory, v_teacher)):
+            value = _all_gather(ops.stop_gradient(value))
+            rows = self.momentum * ops.take(ops.convert_to_tensor(memory), index, axis=0) + (1 - self.momentum) * value
+            memory.value.scatter_update(tf.IndexedSlices(_unit(rows), index))
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "num_samples": self.num_samples, "feature_dim": self.feature_dim,
+                "num_negatives": self.num_negatives, "temperature": self.temperature, "momentum": self.momentum,
+                "seed": self.seed}
+
+
+def nce_loss(scores, num_samples: int, eps: float = 1e-7):
+    """NCE with uniform noise `Pn = 1/num_samples`: column 0 is the positive,
+    the others `K` negatives; `-(sum log D1 + sum log D0) / batch`."""
+    k_pn = (ops.shape(scores)[1] - 1) / num_samples
+    positive, negative = scores[:, 0], scores[:, 1:]
+    log_d1 = ops.log(positive / (positive + k_pn + eps))
+    log_d0 = ops.log(k_pn / (negative + k_pn + eps))
+    return -(ops.sum(log_d1) + ops.sum(log_d0)) / ops.cast(ops.shape(scores)[0], scores.dtype)
+
+
+@register_loss(
+    "crd",
+    SuiteRow("CRD (embedding, 16384 negatives)", ({"weight": 0.8, "teacher_layer_name": "embedding",
+                                                   "student_layer_name": "embedding"},),
+             student_loss_weight=1.0, order=12),
+)
+class CRDLoss(DistillationLoss):
+    """Contrastive representation distillation with a memory bank.
+
+    Tian, Krishnan, Isola, "Contrastive Representation Distillation", ICLR
+    2020. Both networks' features are embedded (linear + L2 norm, `feature_dim`
+    128); for each example the student's embedding must pick out the
+    teacher's stored embedding of the SAME example among `num_negatives`
+    uniformly drawn others (and vice versa), scored `exp(<u, v> / T) / Z`
+    with T = 0.07, by noise-contrastive estimation against uniform noise.
+    Memories follow the batch embeddings with momentum 0.5. Defaults follow
+    the authors' code (RepDistiller), which produced the published table:
+    16384 negatives, weight 0.8 with cross-entropy at weight 1, Z fixed from
+    the first batch, negatives drawn with replacement (the positive's own
+    index may occur among them).
+
+    Needs each example's row in the training set: batches must be dicts with
+    an `"index"` entry (`keras_kd.data.load(..., with_index=True)`; the CLI
+    does this itself for methods whose losses need it), and `num_samples`, the
+    size of the training set (the CLI fills it in). Held-out images have no
+    memory rows, so evaluation on batches without indices reports 0. The embeddings and memory
+    banks are a `ContrastMemory` the distiller owns, saves and never exports.
+
+    Example:
+
+    >>> import numpy as np
+    >>> loss = CRDLoss(num_samples=20, num_negatives=8)
+    >>> part = loss.build_parts((None, 16), (None, 8))
+    >>> t, s = np.random.rand(4, 16).astype("float32"), np.random.rand(4, 8).astype("float32")
+    >>> value = loss(t, s, parts=part, inputs={"index": np.arange(4)}, training=True)
+    >>> bool(value > 0)
+    True
+    """
+
+    metric_name = "crd_loss"
+    needs_sample_index = True
+
+    def __init__(self, num_samples: int | None = None, feature_dim: int = 128, num_negatives: int = 16384,
+                 temperature: float = 0.07, momentum: float = 0.5, **kwargs):
+        super().__init__(**kwargs)
+        for name, value in (("num_samples", num_samples), ("feature_dim", feature_dim),
+                            ("num_negatives", num_negatives)):
+            if value is None and name == "num_samples":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        if not 0 <= momentum < 1:
+            raise ValueError(f"`momentum` must be in [0, 1), got {momentum!r}.")
+        self.num_samples = num_samples
+        self.feature_dim = feature_dim
+        self.num_negatives = num_negatives
+        self.temperature = check_positive("temperature", temperature)
+        self.momentum = float(momentum)
+
+    def check_shapes(self, teacher_shape, student_shape):
+        if len(teacher_shape) < 2 or len(student_shape) < 2:
+            raise ValueError(f"CRD needs batched features; got teacher {describe(teacher_shape)} and student "
+                             f"{describe(student_shape)}.")
+
+    def build_parts(self, teacher_shape, student_shape):
+        if self.num_samples is None:
+            raise ValueError("CRDLoss needs `num_samples`, the number of training examples (its memory bank "
+                             "holds one row each); the CLI sets it from the data.")
+        width = lambda shape: math.prod(int(d) for d in shape[1:])  # noqa: E731
+        memory = ContrastMemory(self.num_samples, self.feature_dim, self.num_negatives, self.temperature,
+                                self.momentum)
+        memory.build((width(teacher_shape), width(student_shape)))
+        return memory
+
+    def compute_loss(self, teacher_output, student_output, context: LossContext):
+        memory = context.parts
+        if memory is None:
+            raise ValueError("CRDLoss needs its ContrastMemory: pass parts=loss.build_parts(...) (distillers do).")
+        inputs = context.inputs
+        if not (isinstance(inputs, dict) and "index" in inputs):
+            if not context.training:  # held-out images have no memory rows: no contrastive term to report
+                return ops.zeros((), "float32")
+            raise ValueError(
+                "CRDLoss needs each example's row in the training set: feed dict batches with an 'index' entry "
+                "(keras_kd.data.load(..., with_index=True))."
+            )
+        index = inputs["index"]
+        v_teacher, v_student = memory.embed(teacher_output, student_output)
+        v_teacher, v_student = ops.cast(v_teacher, "float32"), ops.cast(v_student, "float32")
+        student_anchor, teacher_anchor = memory.scores(v_teacher, v_student, memory.sample(index))
+        student_anchor = memory.normalize(student_anchor, memory.z_student, context.training)
+        teacher_anchor = memory.normalize(teacher_anchor, memory.z_teacher, context.training)
+        loss = nce_loss(student_anchor, memory.num_samples) + nce_loss(teacher_anchor, memory.num_samples)
+        if context.training:
+            memory.update(v_teacher, v_student, index)
+        return loss
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "num_samples": self.num_samples, "feature_dim": self.feature_dim,
+                "num_negatives": self.num_negatives, "temperature": self.temperature, "momentum": self.momentum}

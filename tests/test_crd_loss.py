@@ -1,0 +1,113 @@
+"""CRD (Tian et al., ICLR 2020) against a numpy reference written from the paper
+and the authors' NCE formulation: scores, normalisation, loss, memory update."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_kd import Distiller, data, losses
+
+from conftest import tiny_model
+
+
+def unit(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def np_nce(scores, num_samples, eps=1e-7):
+    k_pn = (scores.shape[1] - 1) / num_samples
+    log_d1 = np.log(scores[:, 0] / (scores[:, 0] + k_pn + eps))
+    log_d0 = np.log(k_pn / (scores[:, 1:] + k_pn + eps))
+    return -(log_d1.sum() + log_d0.sum()) / len(scores)
+
+
+def embeddings(part, teacher, student):
+    v_t = unit(teacher @ np.asarray(part.teacher_embed.kernel) + np.asarray(part.teacher_embed.bias))
+    v_s = unit(student @ np.asarray(part.student_embed.kernel) + np.asarray(part.student_embed.bias))
+    return v_t, v_s
+
+
+def test_crd_matches_numpy_and_updates_the_memory_with_momentum():
+    rng = np.random.default_rng(0)
+    n, batch, negatives, t = 30, 5, 7, 0.07
+    loss = losses.CRDLoss(num_samples=n, feature_dim=6, num_negatives=negatives, momentum=0.5)
+    part = loss.build_parts((None, 12), (None, 4))
+    teacher, student = rng.normal(size=(batch, 12)), rng.normal(size=(batch, 4))
+    index = np.array([3, 11, 0, 29, 17])
+    rows = np.concatenate([index[:, None], rng.integers(0, n, size=(batch, negatives))], axis=1)
+    part.sample = lambda _: rows.astype("int32")  # fixed negatives, to compare with numpy
+    memory_t, memory_s = np.asarray(part.teacher_memory).copy(), np.asarray(part.student_memory).copy()
+    v_t, v_s = embeddings(part, teacher, student)
+    student_anchor = np.exp(np.einsum("bkd,bd->bk", memory_t[rows], v_s) / t)
+    teacher_anchor = np.exp(np.einsum("bkd,bd->bk", memory_s[rows], v_t) / t)
+    expected = (np_nce(student_anchor / (student_anchor.mean() * n), n)
+                + np_nce(teacher_anchor / (teacher_anchor.mean() * n), n))
+    value = loss(teacher.astype("float32"), student.astype("float32"), parts=part, training=True,
+                 inputs={"index": index})
+    np.testing.assert_allclose(float(value), expected, rtol=1e-4)
+    # Z is fixed by the first training batch.
+    assert float(part.z_student) == pytest.approx(student_anchor.mean() * n, rel=1e-4)
+    updated = np.asarray(part.student_memory)
+    np.testing.assert_allclose(updated[index], unit(0.5 * memory_s[index] + 0.5 * v_s), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(part.teacher_memory)[index], unit(0.5 * memory_t[index] + 0.5 * v_t),
+                               atol=1e-5)
+    untouched = np.setdiff1d(np.arange(n), index)
+    np.testing.assert_array_equal(updated[untouched], memory_s[untouched])
+    bound = 1 / np.sqrt(6 / 3)
+    assert np.abs(memory_s).max() <= bound
+
+
+def test_crd_needs_indices_in_training_and_reports_zero_on_held_out_data():
+    loss = losses.CRDLoss(num_samples=10, num_negatives=4)
+    part = loss.build_parts((None, 8), (None, 8))
+    x = np.random.default_rng(1).normal(size=(3, 8)).astype("float32")
+    with pytest.raises(ValueError, match="'index' entry"):
+        loss(x, x, parts=part, training=True)
+    assert float(loss(x, x, parts=part, training=False)) == 0.0
+    with pytest.raises(ValueError, match="needs `num_samples`"):
+        losses.CRDLoss().build_parts((None, 8), (None, 8))
+    with pytest.raises(ValueError, match="`num_negatives` must be a positive integer"):
+        losses.CRDLoss(num_negatives=0)
+
+
+def test_crd_trains_from_indexed_batches_and_its_memory_stays_out_of_the_student(tmp_path):
+    train = data.load("synthetic", "train", 16, subset_fraction=0.05, with_index=True)
+    teacher, student = tiny_model(width=8, name="teacher"), tiny_model(width=4, name="student")
+    distiller = Distiller(teacher=teacher, student=student, student_loss_weight=1.0,
+                          distillation_losses=losses.get("crd", num_samples=50, num_negatives=32,
+                                                         teacher_layer_name="embedding",
+                                                         student_layer_name="embedding"))
+    assert distiller.needs_sample_index
+    distiller.compile(optimizer=keras.optimizers.SGD(0.05))
+    memory = np.asarray(distiller.loss_parts["crd_loss"].student_memory).copy()
+    history = distiller.fit(train, epochs=2, verbose=0)
+    assert np.isfinite(history.history["crd_loss"]).all()
+    changed = np.any(np.asarray(distiller.loss_parts["crd_loss"].student_memory) != memory, axis=1)
+    assert changed.all()  # every example's row was visited and updated
+    assert not any("memory" in w.path for w in student.weights)
+    distiller.save(tmp_path / "crd.keras")
+    loaded = keras.models.load_model(tmp_path / "crd.keras")
+    np.testing.assert_array_equal(np.asarray(loaded.loss_parts["crd_loss"].student_memory),
+                                  np.asarray(distiller.loss_parts["crd_loss"].student_memory))
+
+
+def test_cli_feeds_indices_and_sizes_the_memory_bank(tmp_path, capsys):
+    import csv
+    import json
+
+    from trainers import cli
+
+    common = ["--output-dir", str(tmp_path), "--set", "data.name=synthetic", "--set", "data.subset_fraction=0.05",
+              "--set", "train.epochs=1", "--set", "data.batch_size=16", "--set", "train.verbose=0"]
+    assert cli.main(["train-teacher", "--run-name", "teacher", "--set", "teacher.arch=cnn", *common]) == 0
+    crd = ("method.losses=[{name: crd, weight: 0.8, num_negatives: 64, teacher_layer_name: embedding, "
+           "student_layer_name: embedding}]")
+    assert cli.main(["distill", "--run-name", "crd", "--set", f"teacher.path={tmp_path / 'teacher'}",
+                     "--set", "student.arch=cnn", "--set", crd, "--set", "cache.teacher_outputs=auto",
+                     "--set", f"cache.dir={tmp_path / 'caches'}", *common]) == 0
+    capsys.readouterr()
+    history = list(csv.DictReader((tmp_path / "crd" / "history.csv").open()))
+    assert float(history[0]["crd_loss"]) > 0
+    distiller = keras.models.load_model(tmp_path / "crd" / "distiller.keras")
+    assert distiller.loss_parts["crd_loss"].num_samples == 50  # 5% of the 1,000 synthetic images
+    assert json.loads((tmp_path / "crd" / "results.json").read_text())["teacher_cache"]  # cached and indexed
