@@ -70,7 +70,8 @@ SUITES = {
     # of the full regime trained by the suite itself.
     "full": Protocol(epochs=240, full_data_epochs=240, seeds=(0, 1, 2), root="saved_models/benchmarks_full",
                      sftn_epochs=60, teacher_epochs=240,
-                     full_data_groups=("features", "ekd", "sftn", "online")),
+                     full_data_groups=("features", "ekd", "sftn", "online"),
+                     distill_common=("cache.teacher_outputs=auto",)),
     # 2-core CPU, long enough to tell (efficacy issue): validation split held out of the
     # training set (hyper-parameters are chosen on it), 10% of the rest for training,
     # SGD with plain momentum and coupled L2 as the papers, teachers trained by the
@@ -83,8 +84,8 @@ SUITES = {
                                  "train.nesterov=false"),
                          own_teachers=True, schedule_epochs=(15, 30, 60, 120), tuning=True,
                          distill_common=("cache.teacher_outputs=auto",), sftn_finetune=False,
-                         order=("schedule/", "teachers/", "features/baseline", "tuning/kd_", "tuned/kd",
-                                "cache/", "features/fitnet", "tuning/lp_", "tuned/lp", "sftn/scratch_teacher",
+                         order=("schedule/", "teachers/", "features/baseline", "tuning/kd_", "cache/", "tuned/kd",
+                                "features/fitnet", "tuning/lp_", "tuned/lp", "sftn/scratch_teacher",
                                 "sftn/scratch_kd", "features/at", "sftn/scratch_at", "tuning/ekd_", "tuned/ekd",
                                 "ekd/resnet20_alone", "tuning/oemc_", "tuned/oemc", "online/alone_w",
                                 "paper/", "ekd/ekd_ce", "features/", "ekd/", "online/", "headline/"),

@@ -485,7 +485,7 @@ def teacher_cache(config: RunConfig, trainer) -> tuple:
             images, labels, folder,
             preprocess=lambda batch: data.standardize(batch, config.data.name),
             augmentation=views, epochs=epochs, dtype=cfg.dtype, top_k=cfg.top_k,
-            max_bytes=cfg.max_gigabytes * 1e9, verbose=1 if config.train.verbose == 1 else 0,
+            max_bytes=cfg.max_gigabytes * 1e9, verbose=1 if config.train.verbose else 0,
         )
     except CacheError as error:
         if cfg.teacher_outputs == "cached":
