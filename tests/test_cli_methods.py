@@ -47,9 +47,7 @@ def test_cli_ekd_with_cache_saves_branches_and_ensemble(tmp_path, capsys):
     history = (run / "history.csv").read_text().splitlines()[0]
     for name in ("branch1_kd_loss", "branch2_embedding_loss", "ensemble_ce_loss", "branch2_accuracy"):
         assert name in history
-    code, out, err = run_cli(["export", str(run), "--dataset", "synthetic", "--max-images", "50"], capsys)
-    assert code == 0, err
-    assert json.loads(out)["top1_agreement"] == 1.0  # the ensemble as ONE TFLite file
+    # The ensemble's export as ONE TFLite file is tested in test_ensemble.py (same exporter as the CLI).
 
     code, _, err = run_cli(
         ["distill", "--output-dir", str(tmp_path), "--run-name", "bad", "--method", "ekd",
@@ -89,20 +87,20 @@ def test_cli_sftn_teacher_then_kd_from_it(tmp_path, capsys):
 def test_cli_online_ensemble_writes_every_student_and_the_table(tmp_path, capsys):
     code, out, err = run_cli(
         ["train-online", "--output-dir", str(tmp_path), "--run-name", "oemc", "--set", "student.arch=resnet8",
-         "--set", "method.num_students=3", *TINY_ARGS],
+         "--set", "method.num_students=2", *TINY_ARGS],
         capsys,
     )
     assert code == 0, err
     result = json.loads(out)
     run = tmp_path / "oemc"
     rows = {row["name"]: row for row in result["students"]}
-    assert list(rows) == ["student1", "student2", "student3", "ensemble"]
+    assert list(rows) == ["student1", "student2", "ensemble"]
     for name in rows:
         assert (run / f"{name}.keras").is_file() and (run / f"{name}.tflite").is_file()
-    assert rows["student1"]["params"] > rows["student2"]["params"] > rows["student3"]["params"]
+    assert rows["student1"]["params"] > rows["student2"]["params"]
     assert rows["ensemble"]["test_accuracy"] == result["test_accuracy"]
     assert rows["student2"]["test_accuracy"] == result["test_student2_accuracy"]
-    assert "| student3 |" in (run / "students.md").read_text()
+    assert "| student2 |" in (run / "students.md").read_text()
     code, out, err = run_cli(["evaluate", str(run), "--dataset", "synthetic"], capsys)  # the ensemble
     assert code == 0, err
     assert json.loads(out)["test_accuracy"] == pytest.approx(result["test_accuracy"], abs=1e-6)

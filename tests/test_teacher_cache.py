@@ -218,7 +218,7 @@ def test_cli_cache_is_built_once_and_shared(tmp_path, capsys):
     from trainers import cli
 
     teacher_dir = tmp_path / "teacher"
-    common = ["--set", "data.name=synthetic", "--set", "data.subset_fraction=0.05", "--set", "train.epochs=2",
+    common = ["--set", "data.name=synthetic", "--set", "data.subset_fraction=0.05", "--set", "train.epochs=1",
               "--set", "data.batch_size=16", "--set", "train.verbose=0"]
     assert cli.main(["train-teacher", "--output-dir", str(tmp_path), "--run-name", "teacher",
                      "--set", "teacher.arch=cnn", *common]) == 0
@@ -233,7 +233,7 @@ def test_cli_cache_is_built_once_and_shared(tmp_path, capsys):
     assert results[0]["teacher_cache"] == results[1]["teacher_cache"]
     assert len(list((tmp_path / "caches").iterdir())) == 1
     manifest = json.loads((tmp_path / "caches" / os.listdir(tmp_path / "caches")[0] / "manifest.json").read_text())
-    assert manifest["epochs"] == 2 and manifest["augmentation"]["pad"] == 2
+    assert manifest["epochs"] == 1 and manifest["augmentation"]["pad"] == 2
     log = (tmp_path / "kd2" / "train.log").read_text()
     assert "teacher cache:" in log
     # `auto` falls back to online teachers when the cache would be too large; `cached` refuses.
