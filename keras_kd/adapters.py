@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 import keras
+from keras import ops
 
 from keras_kd.models.layers import BN_EPSILON, BN_MOMENTUM
 
@@ -96,3 +99,40 @@ class HintRegressor(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "teacher_shape": self.teacher_shape, "activation": self.activation,
                 "kernel_size": self.kernel_size, "batchnorm": self.batchnorm}
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class PairEmbedding(keras.layers.Layer):
+    """Two linear maps of flattened features to a common width `dim`: one for
+    the teacher's, one for the student's (CC and CRD train both; the
+    distiller owns them)."""
+
+    def __init__(self, dim: int = 128, **kwargs):
+        super().__init__(**kwargs)
+        self.dim = int(dim)
+        self.student_embed = keras.layers.Dense(self.dim, name="student_embed")
+        self.teacher_embed = keras.layers.Dense(self.dim, name="teacher_embed")
+
+    @classmethod
+    def for_shapes(cls, dim: int, teacher_shape, student_shape, **kwargs) -> PairEmbedding:
+        """Built for outputs of these shapes (with batch): their flattened widths."""
+        embedding = cls(dim, **kwargs)
+        embedding.build((flat_width(teacher_shape), flat_width(student_shape)))
+        return embedding
+
+    def build(self, shapes):
+        teacher_width, student_width = shapes
+        self.teacher_embed.build((None, teacher_width))
+        self.student_embed.build((None, student_width))
+
+    def call(self, teacher, student):
+        flat = lambda x: ops.reshape(x, (ops.shape(x)[0], -1))  # noqa: E731
+        return self.teacher_embed(flat(teacher)), self.student_embed(flat(student))
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "dim": self.dim}
+
+
+def flat_width(shape) -> int:
+    """Values per example of an output of `shape` (with batch)."""
+    return math.prod(int(d) for d in shape[1:])

@@ -22,8 +22,9 @@ def np_nce(scores, num_samples, eps=1e-7):
 
 
 def embeddings(part, teacher, student):
-    v_t = unit(teacher @ np.asarray(part.teacher_embed.kernel) + np.asarray(part.teacher_embed.bias))
-    v_s = unit(student @ np.asarray(part.student_embed.kernel) + np.asarray(part.student_embed.bias))
+    pair = part.embedding
+    v_t = unit(teacher @ np.asarray(pair.teacher_embed.kernel) + np.asarray(pair.teacher_embed.bias))
+    v_s = unit(student @ np.asarray(pair.student_embed.kernel) + np.asarray(pair.student_embed.bias))
     return v_t, v_s
 
 

@@ -5,6 +5,7 @@ TensorBoard events, checkpoints, the final model and results under
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -157,16 +158,19 @@ def datasets(config: RunConfig, teacher_cache=None, initial_epoch: int = 0, with
 
 
 def training_arrays(config: RunConfig):
-    """The run's uint8 training images and labels (before augmentation)."""
+    """The run's uint8 training images and labels (before augmentation),
+    read once per data section: a run asks for them several times (its
+    size for the method, the number of batches, the teacher cache)."""
     cfg = config.data
-    return data.load_arrays(
-        cfg.name,
-        "train",
-        data_dir=cfg.data_dir,
-        subset_fraction=cfg.subset_fraction,
-        validation_fraction=cfg.validation_fraction,
-        subset_seed=cfg.subset_seed,
-    )
+    return _training_arrays(cfg.name, cfg.data_dir, cfg.subset_fraction, cfg.validation_fraction, cfg.subset_seed)
+
+
+@functools.lru_cache(maxsize=1)
+def _training_arrays(name, data_dir, subset_fraction, validation_fraction, subset_seed):
+    images, labels = data.load_arrays(name, "train", data_dir=data_dir, subset_fraction=subset_fraction,
+                                      validation_fraction=validation_fraction, subset_seed=subset_seed)
+    images.flags.writeable = labels.flags.writeable = False  # shared by every caller
+    return images, labels
 
 
 def data_epochs(config: RunConfig) -> tuple[int, int]:

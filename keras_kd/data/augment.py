@@ -11,8 +11,6 @@ view is drawn with a stateless generator keyed by `(seed, epoch, index)`.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 
 import tensorflow as tf
 
@@ -99,9 +97,5 @@ class Augmentation:
         return self.apply(image, self.params(epoch, index))
 
     def get_config(self) -> dict:
+        """What identifies the views (the teacher-output cache compares it)."""
         return {"kind": "pad_crop_flip", "pad": self.pad, "flip": self.flip, "seed": self.seed}
-
-    @property
-    def fingerprint(self) -> str:
-        """Identifies the views this augmentation produces (its kind and parameters)."""
-        return hashlib.sha256(json.dumps(self.get_config(), sort_keys=True).encode()).hexdigest()[:16]

@@ -237,8 +237,8 @@ def load(
                 "A cache of augmented views is read per epoch: pass `epochs=` (and `initial_epoch=` "
                 "when resuming) so every batch knows which epoch's views it holds."
             )
-        if epochs is not None and augmentation is not None:
-            teacher_cache.check_epochs(epochs)
+        if epochs is not None:
+            teacher_cache.check_epochs(epochs)  # un-augmented caches serve any number of epochs
     mean, std = normalization(name, normalize)
 
     def scale(image):

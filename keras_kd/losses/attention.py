@@ -21,6 +21,20 @@ def _common_size(teacher_shape, student_shape) -> tuple[int, int]:
     return min(teacher_shape[1], student_shape[1]), min(teacher_shape[2], student_shape[2])
 
 
+def check_poolable_maps(method: str, teacher_shape, student_shape) -> tuple[int, int]:
+    """The common (H, W) two (batch, H, W, C) maps are average-pooled to;
+    raises unless both are 4-D maps that pool to it evenly."""
+    pair = f"teacher {describe(teacher_shape)} and student {describe(student_shape)}"
+    if len(teacher_shape) != 4 or len(student_shape) != 4:
+        raise ValueError(f"{method} needs (batch, H, W, C) feature maps; got {pair}.")
+    size = _common_size(teacher_shape, student_shape)
+    for shape in (teacher_shape, student_shape):
+        h, w = shape[1], shape[2]
+        if h % size[0] or w % size[1] or h // size[0] != w // size[1]:
+            raise ValueError(f"{method} cannot pool {pair} to a common {size[0]}x{size[1]} map.")
+    return size
+
+
 def _pool_to(features, size: tuple[int, int]):
     height, width = features.shape[1], features.shape[2]
     if (height, width) == size:
@@ -64,19 +78,13 @@ class AttentionTransferLoss(DistillationLoss):
         self.p = check_positive("p", p)
 
     def check_shapes(self, teacher_shape, student_shape):
-        pair = f"teacher {describe(teacher_shape)} and student {describe(student_shape)}"
-        if len(teacher_shape) != 4 or len(student_shape) != 4:
-            raise ValueError(f"attention transfer needs (batch, H, W, C) feature maps; got {pair}.")
-        size = _common_size(teacher_shape, student_shape)
+        size = check_poolable_maps("attention transfer", teacher_shape, student_shape)
         if size[0] * size[1] <= 1:
+            pair = f"teacher {describe(teacher_shape)} and student {describe(student_shape)}"
             raise ValueError(
                 f"attention transfer between {pair} compares {size[0]}x{size[1]} maps: one position, so the "
                 "term is 0 at every step. Tap earlier layers with larger maps."
             )
-        for shape in (teacher_shape, student_shape):
-            h, w = shape[1], shape[2]
-            if h % size[0] or w % size[1] or h // size[0] != w // size[1]:
-                raise ValueError(f"attention transfer cannot pool {pair} to a common {size[0]}x{size[1]} map.")
 
     def compute_loss(self, teacher_output, student_output, context: LossContext):
         for role, f in (("teacher", teacher_output), ("student", student_output)):

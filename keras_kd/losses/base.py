@@ -188,6 +188,14 @@ def describe(shape) -> str:
     return str(tuple(shape[1:]))
 
 
+def check_batched(method: str, teacher_shape, student_shape) -> None:
+    """Raises unless both outputs have a batch axis and at least one more
+    (relation losses compare samples of the batch; widths may differ)."""
+    if len(teacher_shape) < 2 or len(student_shape) < 2:
+        raise ValueError(f"{method} needs batched features; got teacher {describe(teacher_shape)} and student "
+                         f"{describe(student_shape)}.")
+
+
 def check_logit_shapes(method: str, teacher_shape, student_shape) -> None:
     """Raises unless both shapes are `(batch, classes)` with the same class count."""
     if len(teacher_shape) != 2 or len(student_shape) != 2 or teacher_shape[-1] != student_shape[-1]:

@@ -2,42 +2,11 @@
 
 from __future__ import annotations
 
-import keras
 from keras import ops
 
-from keras_kd.losses.base import DistillationLoss, LossContext, describe
+from keras_kd.adapters import PairEmbedding
+from keras_kd.losses.base import DistillationLoss, LossContext, check_batched
 from keras_kd.registry import SuiteRow, register_loss
-
-
-@keras.saving.register_keras_serializable(package="keras_kd")
-class PairEmbedding(keras.layers.Layer):
-    """Two linear maps to a common width: one for the student's features, one
-    for the teacher's (trained by the loss, owned by the distiller)."""
-
-    def __init__(self, dim: int = 128, **kwargs):
-        super().__init__(**kwargs)
-        self.dim = int(dim)
-        self.student_embed = keras.layers.Dense(self.dim, name="student_embed")
-        self.teacher_embed = keras.layers.Dense(self.dim, name="teacher_embed")
-
-    def build(self, shapes):
-        teacher_width, student_width = shapes
-        self.teacher_embed.build((None, teacher_width))
-        self.student_embed.build((None, student_width))
-
-    def call(self, teacher, student):
-        flat = lambda x: ops.reshape(x, (ops.shape(x)[0], -1))  # noqa: E731
-        return self.teacher_embed(flat(teacher)), self.student_embed(flat(student))
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "dim": self.dim}
-
-
-def _width(shape) -> int:
-    width = 1
-    for d in shape[1:]:
-        width *= int(d)
-    return width
 
 
 @register_loss(
@@ -52,7 +21,7 @@ class CorrelationCongruenceLoss(DistillationLoss):
     Knowledge Distillation", ICCV 2019. Follows the CRD benchmark code
     (RepDistiller), which the published CRD-table numbers come from: both
     networks' pooled features are mapped by trainable linear layers to
-    `dim` = 128 (`PairEmbedding`, owned by the distiller), and with
+    `dim` = 128 (`keras_kd.adapters.PairEmbedding`, owned by the distiller), and with
     `d_i = |e_s(i) - e_t(i)|` for the samples in batch order
 
         loss = mean_i sum_c d_i[c] * d_{i+1}[c]
@@ -81,14 +50,10 @@ class CorrelationCongruenceLoss(DistillationLoss):
         self.dim = dim
 
     def check_shapes(self, teacher_shape, student_shape):
-        if len(teacher_shape) < 2 or len(student_shape) < 2:
-            raise ValueError(f"CC needs batched features; got teacher {describe(teacher_shape)} and student "
-                             f"{describe(student_shape)}.")
+        check_batched("CC", teacher_shape, student_shape)
 
     def build_parts(self, teacher_shape, student_shape):
-        embedding = PairEmbedding(self.dim)
-        embedding.build((_width(teacher_shape), _width(student_shape)))
-        return embedding
+        return PairEmbedding.for_shapes(self.dim, teacher_shape, student_shape)
 
     def compute_loss(self, teacher_output, student_output, context: LossContext):
         if context.parts is None:

@@ -8,7 +8,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_kd.losses.base import DistillationLoss, LossContext, check_positive, describe
+from keras_kd.adapters import PairEmbedding, flat_width
+from keras_kd.losses.base import DistillationLoss, LossContext, check_batched, check_positive
 from keras_kd.registry import SuiteRow, register_loss
 
 
@@ -28,8 +29,8 @@ def _all_gather(value):
 class ContrastMemory(keras.layers.Layer):
     """CRD's trainable embeddings and its two memory banks.
 
-    `student_embed` / `teacher_embed` map each network's features to
-    `feature_dim` (linear, then L2-normalized). `student_memory` and
+    `embedding` (a `keras_kd.adapters.PairEmbedding`) maps each network's
+    features to `feature_dim` (linear, then L2-normalized). `student_memory` and
     `teacher_memory` hold one running embedding per training example
     (`num_samples x feature_dim`, non-trainable, initialised uniform in
     `+-1/sqrt(feature_dim/3)`), updated after each step as
@@ -45,14 +46,11 @@ class ContrastMemory(keras.layers.Layer):
         super().__init__(**kwargs)
         self.num_samples, self.feature_dim, self.num_negatives = int(num_samples), int(feature_dim), int(num_negatives)
         self.temperature, self.momentum, self.seed = float(temperature), float(momentum), seed
-        self.student_embed = keras.layers.Dense(self.feature_dim, name="student_embed")
-        self.teacher_embed = keras.layers.Dense(self.feature_dim, name="teacher_embed")
+        self.embedding = PairEmbedding(self.feature_dim, name="embedding")
         self.seed_generator = keras.random.SeedGenerator(seed, name="negatives")
 
     def build(self, shapes):
-        teacher_width, student_width = shapes
-        self.teacher_embed.build((None, teacher_width))
-        self.student_embed.build((None, student_width))
+        self.embedding.build(shapes)
         bound = 1.0 / math.sqrt(self.feature_dim / 3.0)
         init = keras.initializers.RandomUniform(-bound, bound, seed=self.seed)
         for name in ("student_memory", "teacher_memory"):
@@ -63,8 +61,8 @@ class ContrastMemory(keras.layers.Layer):
                                                 trainable=False, name=name, aggregation="only_first_replica"))
 
     def embed(self, teacher, student):
-        flat = lambda x: ops.reshape(x, (ops.shape(x)[0], -1))  # noqa: E731
-        return _unit(self.teacher_embed(flat(teacher))), _unit(self.student_embed(flat(student)))
+        teacher, student = self.embedding(teacher, student)
+        return _unit(teacher), _unit(student)
 
     def sample(self, index):
         """`(batch, 1 + num_negatives)` rows: the example itself, then uniform negatives."""
@@ -173,18 +171,15 @@ class CRDLoss(DistillationLoss):
         self.momentum = float(momentum)
 
     def check_shapes(self, teacher_shape, student_shape):
-        if len(teacher_shape) < 2 or len(student_shape) < 2:
-            raise ValueError(f"CRD needs batched features; got teacher {describe(teacher_shape)} and student "
-                             f"{describe(student_shape)}.")
+        check_batched("CRD", teacher_shape, student_shape)
 
     def build_parts(self, teacher_shape, student_shape):
         if self.num_samples is None:
             raise ValueError("CRDLoss needs `num_samples`, the number of training examples (its memory bank "
                              "holds one row each); the CLI sets it from the data.")
-        width = lambda shape: math.prod(int(d) for d in shape[1:])  # noqa: E731
         memory = ContrastMemory(self.num_samples, self.feature_dim, self.num_negatives, self.temperature,
                                 self.momentum)
-        memory.build((width(teacher_shape), width(student_shape)))
+        memory.build((flat_width(teacher_shape), flat_width(student_shape)))
         return memory
 
     def compute_loss(self, teacher_output, student_output, context: LossContext):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from keras import ops
 
-from keras_kd.losses.attention import _common_size, _pool_to
-from keras_kd.losses.base import DistillationLoss, LossContext, describe
+from keras_kd.losses.attention import _common_size, _pool_to, check_poolable_maps
+from keras_kd.losses.base import DistillationLoss, LossContext
 from keras_kd.registry import SuiteRow, register_loss
 
 
@@ -52,14 +52,7 @@ class NSTLoss(DistillationLoss):
     metric_name = "nst_loss"
 
     def check_shapes(self, teacher_shape, student_shape):
-        pair = f"teacher {describe(teacher_shape)} and student {describe(student_shape)}"
-        if len(teacher_shape) != 4 or len(student_shape) != 4:
-            raise ValueError(f"NST needs (batch, H, W, C) feature maps; got {pair}.")
-        size = _common_size(teacher_shape, student_shape)
-        for shape in (teacher_shape, student_shape):
-            h, w = shape[1], shape[2]
-            if h % size[0] or w % size[1] or h // size[0] != w // size[1]:
-                raise ValueError(f"NST cannot pool {pair} to a common {size[0]}x{size[1]} map.")
+        check_poolable_maps("NST", teacher_shape, student_shape)
 
     def compute_loss(self, teacher_output, student_output, context: LossContext):
         size = _common_size(teacher_output.shape, student_output.shape)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from keras import ops
 
-from keras_kd.losses.base import DistillationLoss, LossContext, check_positive, describe
+from keras_kd.losses.base import DistillationLoss, LossContext, check_batched, check_positive
 from keras_kd.registry import SuiteRow, register_loss
 
 
@@ -50,9 +50,7 @@ class PKTLoss(DistillationLoss):
         self.eps = check_positive("eps", eps)
 
     def check_shapes(self, teacher_shape, student_shape):
-        if len(teacher_shape) < 2 or len(student_shape) < 2:
-            raise ValueError(f"PKT needs batched features; got teacher {describe(teacher_shape)} and student "
-                             f"{describe(student_shape)}.")
+        check_batched("PKT", teacher_shape, student_shape)
 
     def compute_loss(self, teacher_output, student_output, context: LossContext):
         p_t = _conditional(teacher_output, self.eps)

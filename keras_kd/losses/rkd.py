@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from keras import ops
 
-from keras_kd.losses.base import DistillationLoss, LossContext, check_non_negative, describe
+from keras_kd.losses.base import DistillationLoss, LossContext, check_batched, check_non_negative
 from keras_kd.registry import SuiteRow, register_loss
 
 
@@ -70,9 +70,7 @@ class RKDLoss(DistillationLoss):
         self.angle_weight = check_non_negative("angle_weight", angle_weight)
 
     def check_shapes(self, teacher_shape, student_shape):
-        if len(teacher_shape) < 2 or len(student_shape) < 2:
-            raise ValueError(f"RKD needs batched features; got teacher {describe(teacher_shape)} and student "
-                             f"{describe(student_shape)}.")
+        check_batched("RKD", teacher_shape, student_shape)
 
     def compute_loss(self, teacher_output, student_output, context: LossContext):
         t, s = _flat(teacher_output), _flat(student_output)

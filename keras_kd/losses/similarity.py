@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from keras import ops
 
-from keras_kd.losses.base import DistillationLoss, LossContext, describe
+from keras_kd.losses.base import DistillationLoss, LossContext, check_batched
 from keras_kd.registry import SuiteRow, register_loss
 
 
@@ -40,9 +40,7 @@ class SimilarityPreservingLoss(DistillationLoss):
     metric_name = "sp_loss"
 
     def check_shapes(self, teacher_shape, student_shape):
-        if len(teacher_shape) < 2 or len(student_shape) < 2:
-            raise ValueError(f"SP needs batched features; got teacher {describe(teacher_shape)} and student "
-                             f"{describe(student_shape)}.")
+        check_batched("SP", teacher_shape, student_shape)
 
     def compute_loss(self, teacher_output, student_output, context: LossContext):
         batch = ops.cast(ops.shape(student_output)[0], "float32")

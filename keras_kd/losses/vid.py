@@ -6,8 +6,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_kd.losses.attention import _common_size, _pool_to
-from keras_kd.losses.base import DistillationLoss, LossContext, check_positive, describe
+from keras_kd.losses.attention import _common_size, _pool_to, check_poolable_maps
+from keras_kd.losses.base import DistillationLoss, LossContext, check_positive
 from keras_kd.registry import SuiteRow, register_loss
 
 
@@ -96,13 +96,7 @@ class VIDLoss(DistillationLoss):
         self.init_variance = check_positive("init_variance", init_variance)
 
     def check_shapes(self, teacher_shape, student_shape):
-        pair = f"teacher {describe(teacher_shape)} and student {describe(student_shape)}"
-        if len(teacher_shape) != 4 or len(student_shape) != 4:
-            raise ValueError(f"VID needs (batch, H, W, C) feature maps; got {pair}.")
-        size = _common_size(teacher_shape, student_shape)
-        for shape in (teacher_shape, student_shape):
-            if shape[1] % size[0] or shape[2] % size[1] or shape[1] // size[0] != shape[2] // size[1]:
-                raise ValueError(f"VID cannot pool {pair} to a common {size[0]}x{size[1]} map.")
+        check_poolable_maps("VID", teacher_shape, student_shape)
 
     def build_parts(self, teacher_shape, student_shape):
         channels = int(teacher_shape[-1])
