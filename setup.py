@@ -23,10 +23,12 @@ setup(
         "numpy>=1.26",
         "pyyaml>=6",
         "pydantic>=2.7,<3",
+        "pillow>=10",  # reads image-folder headers (channel counts, unreadable files)
     ],
     extras_require={
         "gpu": ["tensorflow[and-cuda]>=2.21,<2.22"],
         "export": ["ai-edge-litert>=2.3"],
+        "hub": ["keras-hub>=0.32"],  # KerasHub backbones from local presets
         "plots": ["matplotlib>=3.8", "scikit-learn>=1.4"],
         "dev": [
             "pytest>=8",

@@ -86,11 +86,18 @@ SUITES = {
                          distill_common=("cache.teacher_outputs=auto",), sftn_finetune=False,
                          order=("schedule/", "teachers/", "features/baseline", "tuning/kd_", "cache/", "tuned/kd",
                                 "features/fitnet", "tuning/lp_", "tuned/lp", "sftn/scratch_teacher",
-                                "sftn/scratch_kd", "features/at", "sftn/scratch_at", "tuning/ekd_", "tuned/ekd",
+                                "sftn/scratch_kd", "tuning/sftn_", "tuned/sftn", "features/at", "sftn/scratch_at", "tuning/ekd_", "tuned/ekd",
                                 "ekd/resnet20_alone", "tuning/oemc_", "tuned/oemc", "online/alone_w",
                                 "paper/", "ekd/ekd_ce", "features/", "ekd/", "online/", "headline/"),
                          headline=True),
 }
+
+
+#: SFTN teachers trained from scratch as the suite's CE teachers are (epochs: TEACHER_EPOCHS placeholder).
+SFTN_SCRATCH = ("teacher.path=null", "teacher.arch=resnet20", "train.epochs={teacher_epochs}",
+                "train.learning_rate=0.05")
+#: lambda_KL candidates of SFTN's tuning family (3: the paper's, the config default).
+SFTN_LAMBDAS = (1, 3, 10)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,14 +142,16 @@ def base_cells(p: Protocol) -> list[Cell]:
              ("student.arch=resnet32", "teacher.path=null", "method=ce")),
         # SFTN from scratch on the reference teacher's schedule: the reference is its control.
         Cell("sftn", "scratch_teacher", "SFTN ResNet20 from scratch (for ResNet8)", "train-teacher",
-             "sftn_teacher_fmnist.yaml",
-             ("teacher.path=null", "teacher.arch=resnet20", f"train.epochs={p.teacher_epochs}",
-              "train.learning_rate=0.05"), seeds=(0,)),
+             "sftn_teacher_fmnist.yaml", SFTN_SCRATCH, seeds=(0,)),
         Cell("sftn", "scratch_kd", "KD from the from-scratch SFTN teacher", "distill", "kd_fmnist.yaml",
              ("teacher.path={scratch_teacher}",)),
         Cell("sftn", "scratch_at", "AT from the from-scratch SFTN teacher", "distill", "at_fmnist.yaml",
              ("teacher.path={scratch_teacher}",)),
         Cell("online", "oemc", "OEMC: 5 ResNet8 students (widths 5/5..1/5)", "train-online", "online_fmnist.yaml"),
+        # The online baselines OEMC is compared with in the literature.
+        Cell("online", "dml", "DML: 2 ResNet8 peers (peer 1 reported)", "train-online", "dml_fmnist.yaml"),
+        Cell("online", "one", "ONE: ResNet8, 3 gated branches from stage 2 (branch 1 reported)", "train-online",
+             "one_fmnist.yaml"),
     ]
     if p.sftn_finetune:
         rows[-1:-1] = [
@@ -246,6 +255,11 @@ def tuning_cells() -> list[Cell]:
              (f"method.branch_weighting={w}", f"method.embedding_adapter={a}"))
             for w in ("mean", "sum") for a in ("if_needed", "always")
         ]),
+        # SFTN's lambda_KL is judged by what it is for: the validation accuracy of a KD student
+        # (the validated T) of each candidate teacher; lambda_KL = 3 is sftn/scratch_teacher.
+        "sftn": ("KD from an SFTN teacher, lambda_KL chosen on the KD student's validation", kd, "distill", "l3", [
+            (f"l{lam}", f"lambda_KL = {lam}", (f"teacher.path={{sftn_l{lam}_teacher}}",)) for lam in SFTN_LAMBDAS
+        ]),
         "oemc": ("OEMC, variant chosen on validation", "online_fmnist.yaml", "train-online", "paper", [
             ("code", "T^2 on KD (authors' code), L_inter also trains the stem", ()),
             ("paper", "no T^2, L_inter trains the compressed branches only (the paper)",
@@ -260,6 +274,11 @@ def tuning_cells() -> list[Cell]:
         Cell("cache", "kd_t4_online", "KD T = 4, teacher online (control of the cached tuning/kd_t4)", "distill", kd,
              (_losses({"name": "kd", "weight": 0.9, "temperature": 4.0}), "cache.teacher_outputs=online"),
              seeds=(0,)),
+    ]
+    rows += [
+        Cell("tuning", f"sftn_l{lam}_teacher", f"SFTN ResNet20 from scratch, lambda_KL = {lam}", "train-teacher",
+             "sftn_teacher_fmnist.yaml", (*SFTN_SCRATCH, f"method.lambda_kl={float(lam)}"), seeds=(0,))
+        for lam in SFTN_LAMBDAS if lam != 3
     ]
     for family, (label, config, kind, paper, candidates) in families.items():
         rows += [Cell("tuning", f"{family}_{key}", f"{family}: {text}", kind, config, overrides, seeds=(0,),
@@ -359,6 +378,10 @@ def resolve(suite: str, cell: Cell, seed: int):
         for key in ("sftn_teacher", "ce_teacher", "scratch_teacher")
     }
     teachers["headline_teacher"] = cell_dir(suite, Cell("headline", "teacher_resnet20", "", "", ""), 0)
+    teachers["teacher_epochs"] = p.teacher_epochs
+    for lam in SFTN_LAMBDAS:
+        key = "scratch_teacher" if lam == 3 else f"sftn_l{lam}_teacher"
+        teachers[f"sftn_l{lam}_teacher"] = cell_dir(suite, Cell("sftn" if lam == 3 else "tuning", key, "", "", ""), 0)
     config_file, chosen = cell.config, ()
     if cell.tuned == BEST:
         row = best_row(suite)

@@ -2,7 +2,9 @@
 
 Public API: `Distiller` (Hinton KD + any registered losses),
 `EnsembleDistiller` (EKD), `SFTNTrainer` (student-friendly teachers),
-`OnlineEnsembleDistiller` (OEMC), `Supervised` (plain training),
+`OnlineEnsembleDistiller` (OEMC), `DMLTrainer` (deep mutual learning),
+`ONETrainer` (on-the-fly native ensemble),
+`Supervised` (plain training),
 `keras_kd.losses` (one contract, registered by name), `keras_kd.registry`,
 `keras_kd.models` (zoo with feature taps, multi-branch
 and online-ensemble builders, params/FLOPs), `keras_kd.data` (datasets,
@@ -13,8 +15,10 @@ from keras_kd import data, losses, models, registry
 from keras_kd.distillers import (
     BaseDistiller,
     Distiller,
+    DMLTrainer,
     EnsembleDistiller,
     LossTerm,
+    ONETrainer,
     OnlineEnsembleDistiller,
     SFTNTrainer,
     Supervised,
@@ -26,11 +30,13 @@ __version__ = "0.3.0"
 
 __all__ = [
     "BaseDistiller",
+    "DMLTrainer",
     "Distiller",
     "EnsembleDistiller",
     "LabelRangeError",
     "NonFiniteLossError",
     "LossTerm",
+    "ONETrainer",
     "OnlineEnsembleDistiller",
     "SFTNTrainer",
     "Supervised",

@@ -62,3 +62,25 @@ def tap_model(model: keras.Model, names: Sequence[str]) -> keras.Model:
         outputs[name] = output
     single_input = inputs[0] if len(inputs) == 1 else inputs
     return keras.Model(single_input, outputs, name=f"{model.name}_taps")
+
+
+def describe_layers(model: keras.Model) -> list[dict]:
+    """Every tappable layer of `model` with its class, output shape and
+    parameter count, in graph order (what `keras-kd inspect` prints).
+
+    Example:
+
+    >>> from keras_kd import models
+    >>> rows = describe_layers(models.get("resnet8", (28, 28, 1), 10))
+    >>> [(r["name"], r["output_shape"]) for r in rows if r["name"] in ("stage3", "embedding")]
+    [('stage3', (None, 7, 7, 64)), ('embedding', (None, 64))]
+    """
+    rows = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        output = layer.output
+        shape = tuple(output.shape) if not isinstance(output, (list, tuple, dict)) else "several outputs"
+        rows.append({"name": layer.name, "class": type(layer).__name__, "output_shape": shape,
+                     "params": int(layer.count_params()) if layer.built else 0})
+    return rows

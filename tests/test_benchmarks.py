@@ -148,3 +148,33 @@ def test_headline_takes_the_best_single_teacher_row_and_tuned_seed0_reuses_its_c
     assert config.teacher.path.endswith("headline/teacher_resnet20_seed0")
     assert config.data.subset_fraction is None and config.train.epochs == run.SUITES["standard"].full_data_epochs
     assert json.loads((tmp_path / "tuning" / "headline_best.json").read_text())["chosen"] == "tuned/lp"
+
+
+def test_sftn_lambda_family_is_judged_by_its_kd_students(tmp_path, monkeypatch):
+    import dataclasses
+
+    monkeypatch.setitem(run.SUITES, "standard", dataclasses.replace(run.SUITES["standard"], root=str(tmp_path)))
+    cells = {f"{c.group}/{c.key}": c for c in run.cells("standard")}
+    scratch = run.resolve("standard", cells["sftn/scratch_teacher"], 0)
+    assert scratch.train.epochs == 120 and scratch.method.options["lambda_kl"] == 3.0
+    teacher = run.resolve("standard", cells["tuning/sftn_l10_teacher"], 0)
+    assert teacher.method.options["lambda_kl"] == 10.0 and teacher.train.epochs == 120
+    assert teacher.teacher.arch == "resnet20" and teacher.train.learning_rate == 0.05
+    students = {lam: run.resolve("standard", cells[f"tuning/sftn_l{lam}"], 0) for lam in (1, 3, 10)}
+    assert students[3].teacher.path == str(tmp_path / "sftn" / "scratch_teacher_seed0")
+    assert students[1].teacher.path == str(tmp_path / "tuning" / "sftn_l1_teacher_seed0")
+    for key, accuracy in (("kd_t1", 0.80), ("kd_t2", 0.81), ("kd_t4", 0.83), ("kd_t8", 0.82)):
+        folder = run.cell_dir("standard", cells[f"tuning/{key}"], 0)
+        folder.mkdir(parents=True)
+        (folder / "results.json").write_text(json.dumps({"validation_accuracy": accuracy}))
+    # lambda_KL = 3's candidate is the sftn/scratch_kd run (KD with the validated T = 4): not trained twice.
+    assert run._located_elsewhere(students[3]) == run._located_elsewhere(
+        run.resolve("standard", cells["sftn/scratch_kd"], 0))
+    for lam, accuracy in ((1, 0.80), (3, 0.82), (10, 0.81)):
+        folder = run.cell_dir("standard", cells[f"tuning/sftn_l{lam}"], 0)
+        folder.mkdir(parents=True)
+        (folder / "results.json").write_text(json.dumps({"validation_accuracy": accuracy}))
+    tuned = run.resolve("standard", cells["tuned/sftn"], 2)
+    assert tuned.teacher.path == str(tmp_path / "sftn" / "scratch_teacher_seed0") and tuned.seed == 2
+    order = [f"{c.group}/{c.key}" for c in run.ordered("standard")]
+    assert order.index("sftn/scratch_kd") < order.index("tuning/sftn_l1_teacher") < order.index("tuning/sftn_l1")

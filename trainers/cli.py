@@ -1,6 +1,6 @@
 """`keras-kd` command line: train (any registered method; train-teacher,
 distill and train-online are the same with another default method),
-methods, evaluate, export, quickstart."""
+methods, inspect, evaluate, export, quickstart."""
 
 from __future__ import annotations
 
@@ -9,8 +9,44 @@ import json
 import os
 import re
 import sys
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+#: TensorFlow's start-up lines on a machine without a GPU driver (written by
+#: C++ code before logging is configured, so TF_CPP_MIN_LOG_LEVEL cannot hide them).
+STARTUP_NOISE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called"
+    r"|[IWE]\d{4} [\d:. ]+\d+ (port\.cc|cudart_stub\.cc|cpu_feature_guard\.cc|cuda_platform\.cc|cuda_executor\.cc"
+    r"|cuda_diagnostics\.cc|gpu_device\.cc)"
+    r"|To enable the following instructions:)"
+)
+
+
+def import_tensorflow_quietly():
+    """`import tensorflow` and its device discovery with the CPU-only start-up
+    chatter (oneDNN notice, "Could not find cuda drivers", the failed cuInit)
+    removed from stderr; every other line is passed through."""
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    stderr = 2  # the file descriptor C++ code writes to, whatever sys.stderr is
+    saved = os.dup(stderr)
+    with tempfile.TemporaryFile() as captured:
+        sys.stderr.flush()
+        os.dup2(captured.fileno(), stderr)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, stderr)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines():
+                if not STARTUP_NOISE.match(line):
+                    print(line, file=sys.stderr)
+    return tf
 
 
 def graph_error_summary(error: Exception) -> str:
@@ -61,15 +97,25 @@ def build_parser() -> argparse.ArgumentParser:
         _add_run_args(run)
         run.add_argument("--student-arch", help="SFTN: the student architecture (--set method.student_arch=ARCH).")
     commands.add_parser("methods", help="list the registered methods with their options, and the losses.")
+    inspect = commands.add_parser(
+        "inspect", help="list a model's tappable layers (names for teacher_layer_name/student_layer_name)."
+    )
+    inspect.add_argument("model", help="an architecture (zoo name, keras.applications name, kerashub:DIR), "
+                         "a .keras file or a run folder.")
+    inspect.add_argument("--input-shape", help="H,W,C of a fresh architecture (default: the dataset's).")
+    inspect.add_argument("--dataset", default="fashion_mnist", help="dataset whose image shape and classes "
+                         "a fresh architecture is built for (default fashion_mnist).")
+    inspect.add_argument("--num-classes", type=int, help="classes of a fresh architecture (default: the dataset's).")
     evaluate = commands.add_parser("evaluate", help="test accuracy, params and FLOPs of a model.")
     evaluate.add_argument("model", help="a .keras file or a run folder.")
-    evaluate.add_argument("--dataset", default="fashion_mnist")
+    evaluate.add_argument("--dataset", help="default: the run's own data (its config.yaml), else fashion_mnist.")
     evaluate.add_argument("--data-dir")
     export = commands.add_parser("export", help="TFLite export with a Keras parity report.")
     export.add_argument("model", help="a .keras file or a run folder (a distiller exports its student).")
     export.add_argument("--format", choices=["tflite"], default="tflite")
     export.add_argument("--quantize", choices=["none", "dynamic", "int8"], default="none")
-    export.add_argument("--dataset", default="fashion_mnist", help="test set of the report; int8 calibrates on its train split.")
+    export.add_argument("--dataset", help="test set of the report, int8 calibrates on its train split "
+                        "(default: the run's own data from its config.yaml, else fashion_mnist).")
     export.add_argument("--data-dir")
     export.add_argument("--output", help="path of the .tflite file (default: beside the model).")
     export.add_argument("--max-images", type=int, help="limit the parity report to N test images.")
@@ -105,7 +151,7 @@ def describe_methods() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    import tensorflow as tf
+    tf = import_tensorflow_quietly()
 
     from keras_kd.distillers.base import TrainingError
     from trainers import runs
@@ -127,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
             result = runs.train(config, overwrite=args.overwrite, resume=args.resume)
         elif args.command == "methods":
             print(describe_methods())
+            return 0
+        elif args.command == "inspect":
+            print(runs.inspect_model(args.model, args.input_shape, args.dataset, args.num_classes))
             return 0
         elif args.command == "export":
             result = runs.export_run(

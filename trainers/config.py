@@ -29,8 +29,25 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    name: Literal["fashion_mnist", "cifar10", "cifar100", "synthetic"] = "fashion_mnist"
+    """`name`: fashion_mnist, cifar10, cifar100, synthetic, `folder` (`path`: one
+    sub-folder of images per class), `npz` (`path`: x_train/y_train/x_test/y_test)
+    or `tfds:NAME` (any tensorflow-datasets image dataset; `data_dir` for a
+    prepared copy). See `keras_kd.data.DataSource`."""
+
+    name: str = "fashion_mnist"
     data_dir: str | None = None
+    path: str | None = None
+    #: A folder with the same class sub-folders as `path`, used as the test set.
+    test_path: str | None = None
+    #: Class-balanced fraction of the training images held out as the test set
+    #: (chosen by `subset_seed`), for sources without a test split of their own.
+    test_fraction: float | None = Field(None, gt=0, lt=1)
+    #: [height, width]: every image is resized to it (required for folders).
+    image_size: tuple[int, int] | None = None
+    #: Folders only: convert every image to 1 (grayscale) or 3 (RGB) channels.
+    channels: Literal[1, 3] | None = None
+    #: Whether random views may mirror images (default: yes).
+    flip: bool | None = None
     batch_size: int = Field(128, ge=1)
     subset_fraction: float | None = Field(None, gt=0, le=1)
     validation_fraction: float | None = Field(None, gt=0, lt=1)
@@ -40,19 +57,41 @@ class DataConfig(Section):
     #: Seed of the random views (`keras_kd.data.Augmentation`); null: the run's `seed`.
     augmentation_seed: int | None = Field(None, ge=0)
 
+    @pydantic.model_validator(mode="after")
+    def _valid_source(self):
+        self.source()  # raises ValueError naming the problem
+        return self
+
+    def source(self):
+        """The `keras_kd.data.DataSource` this section describes."""
+        from keras_kd.data import DataSource
+
+        return DataSource(
+            self.name, data_dir=self.data_dir, path=self.path, test_path=self.test_path,
+            test_fraction=self.test_fraction, image_size=self.image_size, channels=self.channels,
+            split_seed=self.subset_seed, flip=self.flip,
+        )
+
 
 class ModelConfig(Section):
-    """A zoo architecture (`arch`, stage widths scaled by `width_ratio`) or a saved
-    model (`path`: .keras file or run dir)."""
+    """A fresh architecture (`arch`: a zoo name with stage widths scaled by
+    `width_ratio`, a `keras.applications` name such as MobileNetV3Small, or
+    `kerashub:<preset dir>`), optionally with a local `weights` file, or a
+    saved model (`path`: .keras file or run dir)."""
 
     arch: str | None = None
     path: str | None = None
     width_ratio: float = Field(1.0, gt=0, le=1)
+    #: A local weights file for `arch`: an ImageNet "no top" `.h5` of a
+    #: keras.applications backbone, or a `.weights.h5` of the whole model.
+    weights: str | None = None
 
     @pydantic.model_validator(mode="after")
     def _one_source(self):
         if self.arch and self.path:
             raise ValueError("give either `arch` or `path`, not both")
+        if self.weights and not self.arch:
+            raise ValueError("`weights` loads into an `arch`; a saved model (`path`) has its own")
         return self
 
 
@@ -150,6 +189,8 @@ def _message(error: dict, root: type[BaseModel], prefix: str = "") -> str:
         close = difflib.get_close_matches(str(location[-1]), fields, n=1)
         hint = f" Did you mean `{path.rsplit('.', 1)[0] + '.' if '.' in path else ''}{close[0]}`?" if close else ""
         return f"Unknown config key `{path}`.{hint} Valid keys here: {', '.join(fields)}."
+    if error["type"] == "value_error" and "error" in error.get("ctx", {}):
+        return f"`{path}`: {error['ctx']['error']}"  # our validators' messages name the problem
     return f"`{path}`: {error['msg']} (got {error.get('input')!r})."
 
 

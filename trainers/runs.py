@@ -75,23 +75,77 @@ def prepare_run_dir(config: RunConfig, overwrite: bool, resume: bool = False) ->
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", dump(config))
-    handler = logging.FileHandler(run_dir / "train.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-    LOG.addHandler(handler)
-    LOG.setLevel(logging.INFO)
-    LOG.info("run %s: config\n%s", config.run_name, dump(config))
+    open_log(run_dir / "train.log")
+    LOG.info("%s", config_summary(config))
+    LOG.info("run %s: config\n%s", config.run_name, dump(config), extra=FILE_ONLY)
     import tensorflow as tf
 
     strategy = tf.distribute.get_strategy()
-    LOG.info("%s over %d replica(s)", type(strategy).__name__, strategy.num_replicas_in_sync)
+    LOG.info("%s over %d replica(s)", type(strategy).__name__, strategy.num_replicas_in_sync,
+             extra=FILE_ONLY if strategy.num_replicas_in_sync == 1 else None)
     return run_dir
+
+
+#: `extra=` of log records that go to train.log but not to the console (Keras
+#: prints each epoch there already; the full config is in config.yaml).
+FILE_ONLY = {"file_only": True}
+
+
+def _console_record(record: logging.LogRecord) -> bool:
+    return not getattr(record, "file_only", False)
+
+
+def open_log(path: Path) -> None:
+    """Run log: every record in `path`; on the console (stderr) the records
+    not marked `FILE_ONLY`. keras_kd's records do not propagate to the root
+    logger, so nothing is printed twice whatever else configured logging."""
+    close_log()
+    file_handler = logging.FileHandler(path)
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    console = logging.StreamHandler()
+    console.setFormatter(logging.Formatter("keras-kd: %(message)s"))
+    console.addFilter(_console_record)
+    console.keras_kd_console = True
+    LOG.addHandler(file_handler)
+    LOG.addHandler(console)
+    LOG.setLevel(logging.INFO)
+    LOG.propagate = False
 
 
 def close_log() -> None:
     for handler in list(LOG.handlers):
-        if isinstance(handler, logging.FileHandler):
+        if isinstance(handler, logging.FileHandler) or getattr(handler, "keras_kd_console", False):
             handler.close()
             LOG.removeHandler(handler)
+    LOG.propagate = True
+
+
+def _model_label(section) -> str:
+    if section.path:
+        return section.path
+    ratio = f" x{section.width_ratio:g}" if section.width_ratio != 1 else ""
+    return f"{section.arch}{ratio}" if section.arch else "-"
+
+
+def config_summary(config: RunConfig) -> str:
+    """One line describing a run (the full resolved config is in config.yaml)."""
+    cfg, train = config.data, config.train
+    options = config.method.options
+    losses = options.get("losses")
+    method = config.method.name + (f" ({', '.join(spec['name'] for spec in losses)})" if losses else "")
+    teachers = ", ".join(_model_label(t) for t in config.teachers) or _model_label(config.teacher)
+    data_text = cfg.source().label
+    if cfg.image_size:
+        data_text += f" {cfg.image_size[0]}x{cfg.image_size[1]}"
+    if cfg.subset_fraction:
+        data_text += f" ({cfg.subset_fraction:g} of train)"
+    if cfg.test_fraction:
+        data_text += f", test {cfg.test_fraction:g} of it"
+    if cfg.validation_fraction:
+        data_text += f", validation {cfg.validation_fraction:g}"
+    return (f"run {config.run_name}: {method} | student {_model_label(config.student)} | teacher {teachers} | "
+            f"data {data_text} | {train.epochs} epochs {train.optimizer} lr {train.learning_rate:g}, "
+            f"batch {cfg.batch_size}, seed {config.seed} | {config.run_dir}")
 
 
 class AtomicCheckpoint(keras.callbacks.Callback):
@@ -111,7 +165,7 @@ class EpochLogger(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         items = " ".join(f"{k}={float(v):.4f}" for k, v in sorted((logs or {}).items()))
-        LOG.info("epoch %d: %s", epoch + 1, items)
+        LOG.info("epoch %d: %s", epoch + 1, items, extra=FILE_ONLY)
 
 
 def augmentation(config: RunConfig) -> data.Augmentation | None:
@@ -120,7 +174,7 @@ def augmentation(config: RunConfig) -> data.Augmentation | None:
     if not cfg.augment:
         return None
     seed = config.seed if cfg.augmentation_seed is None else cfg.augmentation_seed
-    return data.Augmentation(pad=cfg.pad, flip=data.info(cfg.name).horizontal_flip, seed=seed)
+    return data.Augmentation(pad=cfg.pad, flip=data.info(cfg.source()).horizontal_flip, seed=seed)
 
 
 def datasets(config: RunConfig, teacher_cache=None, initial_epoch: int = 0, with_index: bool = False):
@@ -133,11 +187,12 @@ def datasets(config: RunConfig, teacher_cache=None, initial_epoch: int = 0, with
     validation split when `data.validation_fraction` is set (hyper-parameters
     are chosen on it, never on the test set), else the test set."""
     cfg = config.data
-    common = dict(data_dir=cfg.data_dir, subset_seed=cfg.subset_seed)
+    source = cfg.source()
+    common = dict(subset_seed=cfg.subset_seed)
     epochs, per_epoch = data_epochs(config)
     steps = config.train.steps_per_epoch or per_epoch
     train = data.load(
-        cfg.name,
+        source,
         "train",
         cfg.batch_size,
         subset_fraction=cfg.subset_fraction,
@@ -150,10 +205,10 @@ def datasets(config: RunConfig, teacher_cache=None, initial_epoch: int = 0, with
         with_index=with_index,
         **common,
     )
-    test = data.load(cfg.name, "test", 512, **common)
+    test = data.load(source, "test", 512, **common)
     monitor = test
     if cfg.validation_fraction:
-        monitor = data.load(cfg.name, "validation", 512, validation_fraction=cfg.validation_fraction, **common)
+        monitor = data.load(source, "validation", 512, validation_fraction=cfg.validation_fraction, **common)
     return train, monitor, test, steps
 
 
@@ -162,12 +217,12 @@ def training_arrays(config: RunConfig):
     read once per data section: a run asks for them several times (its
     size for the method, the number of batches, the teacher cache)."""
     cfg = config.data
-    return _training_arrays(cfg.name, cfg.data_dir, cfg.subset_fraction, cfg.validation_fraction, cfg.subset_seed)
+    return _training_arrays(cfg.source(), cfg.subset_fraction, cfg.validation_fraction, cfg.subset_seed)
 
 
 @functools.lru_cache(maxsize=1)
-def _training_arrays(name, data_dir, subset_fraction, validation_fraction, subset_seed):
-    images, labels = data.load_arrays(name, "train", data_dir=data_dir, subset_fraction=subset_fraction,
+def _training_arrays(source, subset_fraction, validation_fraction, subset_seed):
+    images, labels = data.load_arrays(source, "train", subset_fraction=subset_fraction,
                                       validation_fraction=validation_fraction, subset_seed=subset_seed)
     images.flags.writeable = labels.flags.writeable = False  # shared by every caller
     return images, labels
@@ -232,7 +287,7 @@ class RunBuildContext(registry.BuildContext):
 
     def __init__(self, config: RunConfig):
         self.config = config
-        meta = data.info(config.data.name)
+        meta = data.info(config.data.source())
         self.input_shape = meta.input_shape
         self.num_classes = meta.num_classes
         self.sync_batchnorm = config.train.sync_batchnorm
@@ -244,7 +299,11 @@ class RunBuildContext(registry.BuildContext):
         if not section.arch:
             raise RunError(f"`{role}` needs `arch` (a zoo name) or `path` (a saved model).")
         ratio = exact_ratio(section.width_ratio)
-        return models.get(section.arch, self.input_shape, self.num_classes, width_ratio=ratio)
+        try:
+            return models.get(section.arch, self.input_shape, self.num_classes, width_ratio=ratio,
+                              weights=section.weights)
+        except (ValueError, OSError, ImportError) as error:
+            raise RunError(f"`{role}`: {error}") from error
 
     def teacher(self) -> keras.Model:
         if not self.config.teacher.path:
@@ -285,27 +344,76 @@ class RunBuildContext(registry.BuildContext):
         return models.synchronize_batchnorm(model) if self.sync_batchnorm else model
 
 
+def hparams_of(config: RunConfig) -> dict:
+    """The run's settings as flat scalar HParams (lists and mappings as JSON text)."""
+    values = {}
+    for key, value in _flatten(config.to_dict()).items():
+        if key in ("run_name", "output_dir"):
+            continue
+        if value is None:
+            value = "none"
+        elif isinstance(value, (list, tuple, dict)):
+            value = json.dumps(value, sort_keys=True)
+        values[key] = value
+    return values
+
+
 class RunSummaries(keras.callbacks.Callback):
-    """TensorBoard text of the resolved config at the start of training."""
+    """TensorBoard at the start of training: the resolved config as text and
+    the run's settings for the HParams dashboard (`<run>/tensorboard`, the
+    session whose `train`/`validation` curves Keras writes below it)."""
 
     def __init__(self, run_dir: Path, config: RunConfig):
         super().__init__()
-        self.logdir = str(run_dir / "tensorboard" / "train")
+        self.logdir = str(run_dir / "tensorboard")
         self.config = config
 
     def on_train_begin(self, logs=None):
         import tensorflow as tf
+        from tensorboard.plugins.hparams import api as hp
 
         with tf.summary.create_file_writer(self.logdir).as_default():
             tf.summary.text("config", "```\n" + dump(self.config) + "```", step=0)
-            hparams = {**{f"method.{k}": v for k, v in self.config.method.model_dump().items()},
-                       **self.config.train.model_dump()}
-            rows = "\n".join(f"| {k} | {v} |" for k, v in hparams.items())
-            tf.summary.text("hparams", "| hparam | value |\n|---|---|\n" + rows, step=0)
+            hp.hparams(hparams_of(self.config), trial_id=self.config.run_name)
+
+
+#: results.json entries written as the final metrics of the HParams dashboard.
+def _final_metric(key: str, value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and (
+        key.endswith("accuracy") or key in ("params", "macs", "train_time_s"))
+
+
+def write_final_metrics(run_dir: Path, results: dict, step: int) -> None:
+    """The run's final accuracies and size as scalars beside its HParams
+    (`final/<key>`), so TensorBoard's HParams table compares runs by them."""
+    import tensorflow as tf
+
+    with tf.summary.create_file_writer(str(run_dir / "tensorboard")).as_default():
+        for key, value in results.items():
+            if _final_metric(key, value):
+                tf.summary.scalar(f"final/{key}", float(value), step=step)
+        rows = "\n".join(f"| {name} | {100 * acc:.2f} |" for name, acc in results.get("test_class_accuracy", {}).items())
+        if rows:
+            tf.summary.text("test_class_accuracy", "| class | test accuracy (%) |\n|---|---|\n" + rows, step=step)
+
+
+def class_accuracies(model: keras.Model, dataset, class_names: tuple[str, ...]) -> dict:
+    """Accuracy of `model` on each class of `dataset`, by class name."""
+    import numpy as np
+
+    hits = np.zeros(len(class_names))
+    totals = np.zeros(len(class_names))
+    for images, labels in dataset:
+        predictions = np.argmax(np.asarray(model(images, training=False)), axis=-1)
+        labels = np.asarray(labels)
+        np.add.at(totals, labels, 1)
+        np.add.at(hits, labels, predictions == labels)
+    return {name: round(float(hits[i] / totals[i]), 4) for i, name in enumerate(class_names) if totals[i]}
 
 
 def write_run_projector(
-    run_dir: Path, model: keras.Model, test, taps=("embedding",), folder: str = "projector"
+    run_dir: Path, model: keras.Model, test, taps=("embedding",), folder: str = "projector",
+    class_names: tuple[str, ...] = (),
 ) -> None:
     """Test-set embeddings (the `taps` layers, concatenated) for the projector (zoo models),
     under `<run>/tensorboard/<folder>`."""
@@ -316,7 +424,7 @@ def write_run_projector(
         LOG.info("no %s layer: projector embeddings skipped", "/".join(taps))
         return
     embeddings, labels = collect_embeddings(model, test, list(taps))
-    write_projector(run_dir / "tensorboard" / folder, embeddings, labels)
+    write_projector(run_dir / "tensorboard" / folder, embeddings, labels, class_names=list(class_names) or None)
 
 
 def callbacks(run_dir: Path, model_file: str, config: RunConfig) -> list:
@@ -374,7 +482,11 @@ def _results(run_dir: Path, trainer, test, train_time: float, extra: dict) -> di
         **extra,
     }
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
-    LOG.info("results: %s", json.dumps(results))
+    LOG.info("results: %s", json.dumps(results), extra=FILE_ONLY)
+    validation = results.get("validation_accuracy")
+    LOG.info("%s: test accuracy %.2f%%%s, %s params, %s MACs -> %s", model.name, 100 * results["test_accuracy"],
+             f" (validation {100 * validation:.2f}%)" if validation is not None else "",
+             f"{summary.params:,}", f"{summary.macs:,}", run_dir / "results.json")
     return results
 
 
@@ -443,8 +555,9 @@ def _train(config: RunConfig, overwrite: bool, resume: bool) -> dict:
         atomic_save(trainer, run_dir / "distiller.keras")
         for name, model in trainer.deliverables().items():
             atomic_save(model, run_dir / f"{name}.keras")
+        class_names = data.info(config.data.source()).class_names
         for folder, model, taps in trainer.projector_taps():
-            write_run_projector(run_dir, model, test, taps, folder)
+            write_run_projector(run_dir, model, test, taps, folder, class_names)
         extra = {"run_dir": str(run_dir), "epochs": _epochs_done(run_dir), "method": method.name, **cache_info}
         if config.teacher.path:
             extra["teacher"] = config.teacher.path
@@ -452,11 +565,13 @@ def _train(config: RunConfig, overwrite: bool, resume: bool) -> dict:
             extra["teachers"] = [section.path for section in config.teachers]
         if monitor is not test:
             extra.update(_accuracies(trainer, monitor, "validation"))
+        extra["test_class_accuracy"] = class_accuracies(trainer.deployable(), test, class_names)
         results = _results(run_dir, trainer, test, seconds, extra)
         reports = trainer.write_reports(run_dir, results)
         if reports:
             results.update(reports)
             atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
+        write_final_metrics(run_dir, results, step=config.train.epochs)
         return results
     finally:
         close_log()
@@ -487,7 +602,7 @@ def teacher_cache(config: RunConfig, trainer) -> tuple:
     try:
         cache = trainer.build_teacher_cache(
             images, labels, folder,
-            preprocess=lambda batch: data.standardize(batch, config.data.name),
+            preprocess=lambda batch: data.standardize(batch, config.data.source()),
             augmentation=views, epochs=epochs, dtype=cfg.dtype, top_k=cfg.top_k,
             max_bytes=cfg.max_gigabytes * 1e9, verbose=1 if config.train.verbose else 0,
         )
@@ -502,19 +617,66 @@ def teacher_cache(config: RunConfig, trainer) -> tuple:
     return cache, {"teacher_cache": str(folder), "teacher_cache_s": round(seconds, 1)}
 
 
-def evaluate(ref: str, dataset: str, data_dir: str | None = None, batch_size: int = 512) -> dict:
-    """Test accuracy, params and MACs of a saved model or run."""
+def inspect_model(ref: str, input_shape: str | None = None, dataset: str = "fashion_mnist",
+                  num_classes: int | None = None) -> str:
+    """A table of the tappable layers of a saved model or a fresh architecture."""
+    from keras_kd.taps import describe_layers
+
+    if Path(ref).exists():
+        model = load_model_ref(ref)
+        if isinstance(model, keras_kd.BaseDistiller):
+            model = model.student
+    else:
+        meta = data.info(dataset) if dataset in data.DATASETS else None
+        try:
+            shape = tuple(int(d) for d in input_shape.split(",")) if input_shape else meta.input_shape
+        except (AttributeError, ValueError):
+            raise RunError(f"--input-shape must look like 224,224,3 (got {input_shape!r}).") from None
+        classes = num_classes or (meta.num_classes if meta else 10)
+        try:
+            model = models.get(ref, shape, classes)
+        except (ValueError, OSError, ImportError) as error:
+            raise RunError(str(error)) from error
+    rows = describe_layers(model)
+    width = max(len(r["name"]) for r in rows)
+    kinds = max(len(r["class"]) for r in rows)
+    lines = [f"{model.name}: input {tuple(model.inputs[0].shape)}, {model.count_params():,} params; "
+             "tap any layer below by name (teacher_layer_name / student_layer_name)",
+             f"{'layer':<{width}}  {'class':<{kinds}}  {'output shape':<22}  params"]
+    lines += [f"{r['name']:<{width}}  {r['class']:<{kinds}}  {str(r['output_shape']):<22}  {r['params']:,}" for r in rows]
+    return "\n".join(lines)
+
+
+def run_source(ref: str, dataset: str | None = None, data_dir: str | None = None) -> data.DataSource:
+    """The data a saved model is evaluated or calibrated on: `dataset` when
+    given, else the `data` section of the run folder holding `ref`
+    (config.yaml), else Fashion-MNIST."""
+    if dataset is not None:
+        return data.as_source(dataset, data_dir)
+    path = Path(ref)
+    for folder in (path, path.parent) if path.is_dir() else (path.parent,):
+        if (folder / "config.yaml").is_file():
+            from trainers.config import load_config
+
+            return load_config(folder / "config.yaml").data.source()
+    return data.as_source("fashion_mnist", data_dir)
+
+
+def evaluate(ref: str, dataset: str | None = None, data_dir: str | None = None, batch_size: int = 512) -> dict:
+    """Test accuracy, params and MACs of a saved model or run (on the run's own
+    test data unless `dataset` names one)."""
     model = load_model_ref(ref)
     if isinstance(model, keras_kd.BaseDistiller):
         model = model.student
-    meta = data.info(dataset)
+    source = run_source(ref, dataset, data_dir)
+    meta = data.info(source)
     input_shape = tuple(model.inputs[0].shape[1:]) if getattr(model, "inputs", None) else None
     if input_shape is not None and tuple(input_shape) != meta.input_shape:
         raise RunError(
-            f"Model {ref} takes inputs of shape {input_shape} but {dataset} images are {meta.input_shape}."
+            f"Model {ref} takes inputs of shape {input_shape} but {meta.name} images are {meta.input_shape}."
         )
     compile_for_evaluation(model)
-    test = data.load(dataset, "test", batch_size, data_dir=data_dir)
+    test = data.load(source, "test", batch_size)
     metrics = model.evaluate(test, return_dict=True, verbose=0)
     summary = models.summarize(model, meta.input_shape)
     return {
@@ -528,12 +690,14 @@ def evaluate(ref: str, dataset: str, data_dir: str | None = None, batch_size: in
 def export_run(
     ref: str,
     quantize: str = "none",
-    dataset: str = "fashion_mnist",
+    dataset: str | None = None,
     data_dir: str | None = None,
     output: str | None = None,
     max_images: int | None = None,
 ) -> dict:
-    """TFLite file of a saved model or run, plus its parity report (JSON beside it)."""
+    """TFLite file of a saved model or run, plus its parity report (JSON beside
+    it) on the run's own test data unless `dataset` names one; int8
+    calibrates on that source's training images."""
     from keras_kd import export
 
     model = export.deployable(load_model_ref(ref))
@@ -541,12 +705,13 @@ def export_run(
     folder = source if source.is_dir() else source.parent
     suffix = "" if quantize == "none" else f"_{quantize}"
     path = Path(output) if output else folder / f"{model.name}{suffix}.tflite"
-    calibration = data.load(dataset, "train", 64, data_dir=data_dir, augment=False, shuffle=True, seed=0)
+    dataset = run_source(ref, dataset, data_dir)
+    calibration = data.load(dataset, "train", 64, augment=False, shuffle=True, seed=0)
     try:
         export.export_tflite(model, path, quantize, representative_data=calibration)
     except export.ExportError as error:
         raise RunError(str(error)) from error
-    test = data.load(dataset, "test", 256, data_dir=data_dir)
+    test = data.load(dataset, "test", 256)
     report = export.parity_report(model, path, test, max_images=max_images)
     report["quantize"] = quantize
     atomic_write_text(path.with_suffix(".json"), json.dumps(report, indent=2))

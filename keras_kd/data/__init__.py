@@ -1,4 +1,5 @@
-"""Datasets as batched `tf.data` pipelines (Fashion-MNIST, CIFAR, synthetic),
+"""Datasets as batched `tf.data` pipelines (Fashion-MNIST, CIFAR, image folders,
+.npz arrays, any tfds dataset, synthetic),
 seeded augmentation and the teacher-output cache."""
 
 from keras_kd.data.augment import Augmentation
@@ -6,11 +7,14 @@ from keras_kd.data.cache import CacheError, TeacherOutputCache
 from keras_kd.data.pipeline import (
     DATASETS,
     DatasetInfo,
+    DataSource,
+    as_source,
     batches_per_epoch,
     class_counts,
     info,
     load,
     load_arrays,
+    pixel_statistics,
     standardize,
     stratified_take,
     synthetic_arrays,
@@ -22,6 +26,9 @@ __all__ = [
     "batches_per_epoch",
     "CacheError",
     "DATASETS",
+    "DataSource",
+    "as_source",
+    "pixel_statistics",
     "TeacherOutputCache",
     "DatasetInfo",
     "DatasetNotFoundError",

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
@@ -22,27 +24,167 @@ class DatasetInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     horizontal_flip: bool = True
+    class_names: tuple[str, ...] = ()
 
 
 DATASETS = {
-    "fashion_mnist": DatasetInfo("fashion_mnist", (28, 28, 1), 10, (0.2860,), (0.3530,)),
+    "fashion_mnist": DatasetInfo(
+        "fashion_mnist", (28, 28, 1), 10, (0.2860,), (0.3530,), class_names=sources.FASHION_MNIST_CLASSES
+    ),
     "cifar10": DatasetInfo(
-        "cifar10", (32, 32, 3), 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+        "cifar10", (32, 32, 3), 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+        class_names=sources.CIFAR10_CLASSES,
     ),
     "cifar100": DatasetInfo(
         "cifar100", (32, 32, 3), 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
     ),
-    "synthetic": DatasetInfo("synthetic", (28, 28, 1), 10, (0.5,), (0.25,)),
+    "synthetic": DatasetInfo(
+        "synthetic", (28, 28, 1), 10, (0.5,), (0.25,), class_names=tuple(f"class{i}" for i in range(10))
+    ),
 }
+#: Sources a `DataSource` reads besides the datasets above (`tfds:NAME` is any tfds dataset).
+CUSTOM_SOURCES = ("folder", "npz", "tfds:<name>")
 SPLITS = ("train", "validation", "test")
 SYNTHETIC_SIZES = {"train": 1000, "test": 300}
 
 
-def info(name: str) -> DatasetInfo:
-    """The `DatasetInfo` of a supported dataset."""
-    if name not in DATASETS:
-        raise ValueError(f"Unknown dataset {name!r}. Available: {', '.join(DATASETS)}.")
-    return DATASETS[name]
+@dataclasses.dataclass(frozen=True)
+class DataSource:
+    """Where a dataset's images come from and the shape they are given.
+
+    `name` is a built-in dataset (`fashion_mnist`, `cifar10`, `cifar100`,
+    `synthetic`), `folder` (`path`: one sub-folder of images per class, read by
+    `keras.utils.image_dataset_from_directory`), `npz` (`path`: `x_train`,
+    `y_train`, `x_test`, `y_test` and optionally `class_names`, as
+    `keras.datasets` returns them) or `tfds:NAME` (any image-classification
+    dataset of tensorflow-datasets, `data_dir` for a prepared copy).
+
+    The test set is the source's own (`test_path` for a folder, the `test`
+    split of tfds) or, with `test_fraction`, a class-balanced part of its
+    training images chosen by `split_seed`. `image_size` resizes every image
+    (required for folders); `channels` converts a folder to grayscale (1) or
+    RGB (3); `flip` overrides whether random views may mirror images. Pixel
+    statistics of custom sources are measured on their training images.
+
+    Example:
+
+    >>> source = DataSource("synthetic", image_size=(32, 32))
+    >>> info(source).input_shape
+    (32, 32, 1)
+    """
+
+    name: str
+    data_dir: str | None = None
+    path: str | None = None
+    test_path: str | None = None
+    test_fraction: float | None = None
+    image_size: tuple[int, int] | None = None
+    channels: int | None = None
+    split_seed: int = 0
+    flip: bool | None = None
+
+    def __post_init__(self):
+        name = self.name
+        if not isinstance(name, str) or not (name in DATASETS or name in ("folder", "npz") or (
+                name.startswith("tfds:") and len(name) > 5)):
+            raise ValueError(
+                f"Unknown dataset {name!r}. Available: {', '.join(DATASETS)}, folder (with path), "
+                "npz (with path), tfds:NAME (any tensorflow-datasets image dataset)."
+            )
+        if name in ("folder", "npz") and not self.path:
+            raise ValueError(f"Dataset {name!r} needs `path` (the {'image folder' if name == 'folder' else '.npz file'}).")
+        if name != "folder" and self.path is not None and name != "npz":
+            raise ValueError(f"`path` applies to folder and npz datasets, not {name!r}.")
+        if self.test_path is not None and name != "folder":
+            raise ValueError("`test_path` applies to folder datasets only.")
+        if name == "folder" and self.image_size is None:
+            raise ValueError("An image folder needs `image_size` (height, width): its images may differ in size.")
+        if self.test_path is not None and self.test_fraction is not None:
+            raise ValueError("Give either `test_path` or `test_fraction`, not both.")
+        _check_fraction("test_fraction", self.test_fraction, allow_one=False)
+        if self.image_size is not None:
+            size = tuple(self.image_size)
+            if len(size) != 2 or not all(isinstance(d, int) and d >= 1 for d in size):
+                raise ValueError(f"`image_size` must be (height, width) in pixels, got {self.image_size!r}.")
+            object.__setattr__(self, "image_size", size)
+        if self.channels is not None and name != "folder":
+            raise ValueError("`channels` applies to folder datasets only.")
+
+    @property
+    def builtin(self) -> bool:
+        return self.name in DATASETS
+
+    @property
+    def label(self) -> str:
+        """A short name for logs and reports."""
+        return f"folder {Path(self.path).name}" if self.name == "folder" else (
+            f"npz {Path(self.path).name}" if self.name == "npz" else self.name)
+
+
+def as_source(dataset: str | DataSource, data_dir=None) -> DataSource:
+    """`dataset` as a `DataSource` (a name plus `data_dir`, or itself)."""
+    if isinstance(dataset, DataSource):
+        if data_dir is not None and str(data_dir) != dataset.data_dir:
+            raise ValueError("Pass `data_dir` inside the DataSource, not beside it.")
+        return dataset
+    return DataSource(dataset, data_dir=None if data_dir is None else str(data_dir))
+
+
+def info(dataset: str | DataSource) -> DatasetInfo:
+    """The `DatasetInfo` of a dataset: shape, classes (with names) and pixel statistics."""
+    source = as_source(dataset)
+    if source.builtin and source.image_size is None:
+        meta = DATASETS[source.name]
+        return meta if source.flip is None else dataclasses.replace(meta, horizontal_flip=source.flip)
+    return _measured_info(source)
+
+
+@functools.lru_cache(maxsize=8)
+def _measured_info(source: DataSource) -> DatasetInfo:
+    images, labels = _source_arrays(source, "train")
+    _, test_labels = _source_arrays(source, "test")
+    if source.builtin:
+        meta = DATASETS[source.name]
+        mean, std, names = meta.mean, meta.std, meta.class_names
+    else:
+        mean, std = pixel_statistics(images)
+        names = _class_names(source, int(max(labels.max(), test_labels.max())) + 1)
+    bad = [int(v) for v in np.concatenate([labels, test_labels]) if not 0 <= v < len(names)][:3]
+    if bad:
+        raise ValueError(f"{source.label}: labels {bad} are outside 0..{len(names) - 1} ({len(names)} class names).")
+    flip = True if source.flip is None else source.flip
+    return DatasetInfo(source.label, tuple(int(d) for d in images.shape[1:]), len(names), mean, std, flip, names)
+
+
+def pixel_statistics(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 `images` on [0, 1] pixels."""
+    channels = images.shape[-1]
+    total, squares, count = np.zeros(channels), np.zeros(channels), 0
+    for start in range(0, len(images), 4096):
+        chunk = images[start : start + 4096].reshape(-1, channels).astype(np.float64) / 255.0
+        total += chunk.sum(0)
+        squares += np.square(chunk).sum(0)
+        count += len(chunk)
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean**2, 0)) + 1e-3  # a constant channel stays finite
+    return tuple(round(float(m), 6) for m in mean), tuple(round(float(s), 6) for s in std)
+
+
+def _class_names(source: DataSource, count: int) -> tuple[str, ...]:
+    if source.name == "folder":
+        return _folder_arrays(source, "train")[2]
+    if source.name == "npz":
+        names = sources.read_npz(source.path).get("class_names")
+        if names is not None:
+            names = tuple(str(n) for n in np.asarray(names).reshape(-1))
+            if len(names) < count:
+                raise ValueError(f"{source.path}: {len(names)} class_names but labels go up to {count - 1}.")
+            return names
+    elif source.name.startswith("tfds:"):
+        names = sources.tfds_class_names(source.name[5:], source.data_dir)
+        if names:
+            return names
+    return tuple(str(i) for i in range(count))
 
 
 def synthetic_arrays(split: str, num_examples: int | None = None, seed: int = 1234):
@@ -63,13 +205,57 @@ def synthetic_arrays(split: str, num_examples: int | None = None, seed: int = 12
     return np.clip(images, 0, 255).astype(np.uint8), labels
 
 
-def _raw_split(name: str, split: str, data_dir):
-    """(images, labels) of the dataset's own train or test split."""
+@functools.lru_cache(maxsize=2)
+def _folder_arrays(source: DataSource, split: str):
+    folder = source.test_path if split == "test" else source.path
+    class_names = None if split == "train" else _folder_arrays(source, "train")[2]
+    return sources.read_image_folder(folder, source.image_size, source.channels, class_names)
+
+
+def _own_split(source: DataSource, split: str):
+    """(images, labels) of the source's own train or test split."""
+    name = source.name
     if name == "fashion_mnist":
-        return sources.load_fashion_mnist(split, data_dir)
+        return sources.load_fashion_mnist(split, source.data_dir)
     if name in ("cifar10", "cifar100"):
-        return sources.load_tfds(name, split, data_dir)
-    return synthetic_arrays(split)
+        return sources.load_tfds(name, split, source.data_dir)
+    if name == "synthetic":
+        return synthetic_arrays(split)
+    if name == "folder":
+        if split == "test" and source.test_path is None:
+            raise ValueError("An image folder needs `test_path` (a folder with the same classes) or `test_fraction`.")
+        return _folder_arrays(source, split)[:2]
+    if name == "npz":
+        content = sources.read_npz(source.path)
+        return content[f"x_{split}"], content[f"y_{split}"]
+    return sources.load_tfds(name[5:], split, source.data_dir, source.image_size)
+
+
+def _source_arrays(source: DataSource, split: str):
+    """(images, labels) of the source's train or test split: its own, or carved
+    with `test_fraction`, resized to `image_size`."""
+    if source.builtin and source.image_size is None and source.test_fraction is None:
+        return _own_split(source, split)
+    return _custom_arrays(source, split)
+
+
+@functools.lru_cache(maxsize=4)
+def _custom_arrays(source: DataSource, split: str):
+    if source.test_fraction is not None:
+        images, labels = _own_split(source, "train")
+        held_out = stratified_take(labels, source.test_fraction, source.split_seed + 104729)
+        keep = held_out if split == "test" else np.setdiff1d(np.arange(len(labels)), held_out)
+        images, labels = images[keep], labels[keep]
+    else:
+        images, labels = _own_split(source, split)
+    if source.image_size is not None and images.shape[1:3] != source.image_size:
+        images = np.concatenate([
+            sources.resize_uint8(images[i : i + 1024], source.image_size).numpy()
+            for i in range(0, len(images), 1024)
+        ]) if len(images) else images
+    images, labels = np.asarray(images), np.asarray(labels, np.int32)
+    images.flags.writeable = labels.flags.writeable = False  # cached: shared by every caller
+    return images, labels
 
 
 def stratified_take(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -96,7 +282,7 @@ def _check_fraction(name: str, value, allow_one: bool) -> None:
 
 
 def load_arrays(
-    name: str,
+    name: str | DataSource,
     split: str = "train",
     *,
     data_dir=None,
@@ -109,9 +295,12 @@ def load_arrays(
     `validation` is a class-balanced `validation_fraction` of the original
     training set; `train` is the rest, optionally reduced to a class-balanced
     `subset_fraction` of it. Both selections depend only on `subset_seed`,
-    so every training seed sees the same examples.
+    so every training seed sees the same examples. A split carved here
+    (validation, `test_fraction`, subsets) must hold every class of the
+    dataset, else the error names the missing ones.
     """
-    info(name)
+    source = as_source(name, data_dir)
+    meta = info(source)
     if split not in SPLITS:
         raise ValueError(f"Unknown split {split!r}; use one of {SPLITS}.")
     _check_fraction("subset_fraction", subset_fraction, allow_one=True)
@@ -119,24 +308,38 @@ def load_arrays(
     if split == "test":
         if subset_fraction not in (None, 1.0):
             raise ValueError("subset_fraction applies to the training split only; the test set is always full.")
-        return _raw_split(name, "test", data_dir)
+        test = _source_arrays(source, "test")
+        return _check_classes(*test, meta, "test") if source.test_fraction else test
     if split == "validation" and not validation_fraction:
         raise ValueError("split='validation' needs validation_fraction > 0.")
-    images, labels = _raw_split(name, "train", data_dir)
+    images, labels = _source_arrays(source, "train")
     if len(labels) == 0:
-        raise ValueError(f"The {name} training split has no examples.")
+        raise ValueError(f"The {source.label} training split has no examples.")
     keep = np.arange(len(labels))
     if validation_fraction:
         held_out = stratified_take(labels, validation_fraction, subset_seed + 7919)
         if split == "validation":
-            return images[held_out], labels[held_out]
+            return _check_classes(images[held_out], labels[held_out], meta, split)
         keep = np.setdiff1d(keep, held_out)
     if subset_fraction is not None and subset_fraction < 1:
         keep = keep[stratified_take(labels[keep], subset_fraction, subset_seed)]
-    return images[keep], labels[keep]
+    if len(keep) == len(labels) and not source.test_fraction:
+        return images, labels  # the source's own split, as it is
+    return _check_classes(images[keep], labels[keep], meta, split)
 
 
-def normalization(name: str, normalize: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def _check_classes(images, labels, meta: DatasetInfo, split: str):
+    counts = np.bincount(labels, minlength=meta.num_classes)
+    missing = [meta.class_names[c] if meta.class_names else str(c) for c in np.flatnonzero(counts == 0)]
+    if missing:
+        raise ValueError(
+            f"{meta.name}: the {split} split has no images of class(es) {', '.join(map(repr, missing[:10]))}"
+            f"{' ...' if len(missing) > 10 else ''}. Add images of those classes or use a smaller held-out fraction."
+        )
+    return images, labels
+
+
+def normalization(name: str | DataSource, normalize: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel (mean, std) applied to [0, 1] pixels; (0, 1) without `normalize`."""
     meta = info(name)
     mean = np.asarray(meta.mean, np.float32)
@@ -145,14 +348,14 @@ def normalization(name: str, normalize: bool = True) -> tuple[np.ndarray, np.nda
     return mean, np.asarray(meta.std, np.float32)
 
 
-def standardize(images, name: str, normalize: bool = True) -> np.ndarray:
+def standardize(images, name: str | DataSource, normalize: bool = True) -> np.ndarray:
     """uint8 images -> float32 network inputs, exactly as `load` scales them."""
     mean, std = normalization(name, normalize)
     return (np.asarray(images, np.float32) / 255.0 - mean) / std
 
 
 def load(
-    name: str,
+    name: str | DataSource,
     split: str = "train",
     batch_size: int = 128,
     *,
@@ -184,7 +387,8 @@ def load(
 
     Args:
         name: `fashion_mnist` (real data, found offline), `cifar10`,
-            `cifar100` (tensorflow-datasets) or `synthetic`.
+            `cifar100` (tensorflow-datasets), `synthetic`, or a
+            `DataSource` (image folder, .npz arrays, any tfds dataset).
         split: `train`, `validation` (carved from train) or `test`.
         subset_fraction: class-balanced fraction of the training data (e.g.
             0.1 for the low-data regime).
@@ -211,6 +415,7 @@ def load(
     >>> images.shape, labels.dtype.name
     (TensorShape([32, 28, 28, 1]), 'int32')
     """
+    name = as_source(name, data_dir)
     meta = info(name)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")

@@ -98,12 +98,16 @@ def _download_fashion_mnist(searched: list[Path]) -> Path | None:
     return keras_cache_dir() if _has_files(keras_cache_dir()) else None
 
 
-def load_tfds(name: str, split: str, data_dir=None):
-    """CIFAR-10/100 (or any image tfds dataset) as numpy arrays via tensorflow-datasets."""
+def load_tfds(name: str, split: str, data_dir=None, image_size: tuple[int, int] | None = None):
+    """Any image-classification dataset of tensorflow-datasets (CIFAR-10/100
+    included) as numpy arrays; `image_size` resizes every image (needed when
+    their sizes differ)."""
     import tensorflow_datasets as tfds
 
     try:
         dataset = tfds.load(name, split=split, data_dir=data_dir, as_supervised=True)
+        if image_size is not None:
+            dataset = dataset.map(lambda image, label: (resize_uint8(image, image_size), label))
         batches = list(tfds.as_numpy(dataset.batch(4096)))
     except Exception as error:  # tfds raises many types when offline
         raise DatasetNotFoundError(
@@ -115,4 +119,171 @@ def load_tfds(name: str, split: str, data_dir=None):
         raise DatasetNotFoundError(f"tensorflow-datasets returned no examples for {name!r} ({split}).")
     images = np.concatenate([b[0] for b in batches]).astype(np.uint8)
     labels = np.concatenate([b[1] for b in batches]).astype(np.int32)
+    if images.ndim == 3:
+        images = images[..., None]
     return images, labels
+
+
+def tfds_class_names(name: str, data_dir=None) -> tuple[str, ...] | None:
+    """The label names tensorflow-datasets knows for `name` (None if unknown)."""
+    import tensorflow_datasets as tfds
+
+    try:
+        names = tfds.builder(name, data_dir=data_dir).info.features["label"].names
+    except Exception:  # noqa: BLE001 - names are optional
+        return None
+    return tuple(names) if names and not all(n.isdigit() for n in names) else None
+
+
+def resize_uint8(images, image_size: tuple[int, int]):
+    """Bilinear (antialiased) resize of uint8 image(s) to `image_size`, as uint8."""
+    import tensorflow as tf
+
+    resized = tf.image.resize(images, tuple(image_size), method="bilinear", antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+
+
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")  # what keras.utils.image_dataset_from_directory reads
+CHANNELS_OF_MODE = {"1": 1, "L": 1, "I": 1, "I;16": 1, "F": 1, "LA": 2, "P": 3, "RGB": 3, "YCbCr": 3,
+                    "CMYK": 4, "RGBA": 4}
+
+
+def _log():
+    import logging
+
+    return logging.getLogger("keras_kd")
+
+
+def class_folders(directory: Path) -> tuple[list[str], list[list[Path]], list[Path]]:
+    """`(class names, image files per class, skipped files)` of a folder holding
+    one sub-folder of images per class (sorted by name, like Keras)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DatasetNotFoundError(f"Image folder {directory} does not exist or is not a folder.")
+    classes = sorted(p.name for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(classes) < 2:
+        raise ValueError(
+            f"Image folder {directory} must hold one sub-folder per class (at least 2); "
+            f"found {len(classes)}: {classes}."
+        )
+    files, skipped = [], []
+    for name in classes:
+        members = sorted(p for p in (directory / name).rglob("*") if p.is_file() and not p.name.startswith("."))
+        images = [p for p in members if p.suffix.lower() in IMAGE_EXTENSIONS]
+        skipped += [p for p in members if p.suffix.lower() not in IMAGE_EXTENSIONS]
+        files.append(images)
+    empty = [name for name, images in zip(classes, files, strict=True) if not images]
+    if empty:
+        raise ValueError(
+            f"Image folder {directory}: class folder(s) {', '.join(repr(e) for e in empty)} hold no images "
+            f"({', '.join(IMAGE_EXTENSIONS)}). Remove them or add images."
+        )
+    return classes, files, skipped
+
+
+def image_channels(paths: list[Path]) -> list[int]:
+    """Channel count of each image file (read from its header), or an error
+    naming every unreadable file."""
+    from PIL import Image, UnidentifiedImageError
+
+    channels, bad = [], []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image.verify()
+                mode = image.mode
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+            bad.append(f"{path} ({error.__class__.__name__}: {error})")
+            continue
+        channels.append(CHANNELS_OF_MODE.get(mode, 3))
+    if bad:
+        listed = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise ValueError(f"{len(bad)} image file(s) cannot be read: {listed}. Remove or replace them.")
+    return channels
+
+
+def read_image_folder(directory, image_size: tuple[int, int], channels: int | None = None,
+                      class_names: list[str] | None = None):
+    """`(images uint8 (N, H, W, C), labels int32 (N,), class names)` of an image
+    folder, decoded and resized by `keras.utils.image_dataset_from_directory`.
+
+    `channels` None: every image must have the same channel count (1 or 3; a
+    palette image counts as 3, an alpha channel is dropped), else the error
+    says how many of each there are. `class_names` (the training folder's) makes a
+    test folder with other classes an error."""
+    import keras
+    import tensorflow as tf
+
+    directory = Path(directory)
+    classes, files, skipped = class_folders(directory)
+    if class_names is not None and list(classes) != list(class_names):
+        raise ValueError(
+            f"Image folder {directory} has classes {classes}, but the training folder has {list(class_names)}."
+        )
+    if skipped:
+        suffixes = sorted({p.suffix or p.name for p in skipped})
+        _log().warning("%s: skipped %d file(s) that are not images (%s)", directory, len(skipped), ", ".join(suffixes))
+    counts = image_channels([p for group in files for p in group])
+    found = sorted(set(counts))
+    if channels is None:
+        usable = {1 if c <= 2 else 3 for c in found}  # alpha channels are dropped
+        if len(usable) > 1:
+            tally = ", ".join(f"{counts.count(c)} with {c} channel(s)" for c in found)
+            raise ValueError(
+                f"Image folder {directory} mixes channel counts ({tally}). Set `channels` "
+                "(data.channels: 1 or 3) to convert every image to one."
+            )
+        channels = usable.pop()
+    if channels not in (1, 3):
+        raise ValueError(f"`channels` must be 1 (grayscale) or 3 (RGB), got {channels!r}.")
+    dataset = keras.utils.image_dataset_from_directory(
+        directory, labels="inferred", label_mode="int", class_names=classes,
+        color_mode="grayscale" if channels == 1 else "rgb", batch_size=256,
+        image_size=tuple(image_size), shuffle=False, verbose=False,
+    )
+    images, labels = [], []
+    try:
+        for batch, label in dataset:
+            images.append(np.clip(np.round(batch.numpy()), 0, 255).astype(np.uint8))
+            labels.append(label.numpy().astype(np.int32))
+    except tf.errors.InvalidArgumentError as error:
+        raise ValueError(f"Image folder {directory}: an image cannot be decoded: {error.message}") from None
+    images, labels = np.concatenate(images), np.concatenate(labels)
+    expected = sum(len(group) for group in files)
+    if len(labels) != expected:
+        raise ValueError(f"Image folder {directory}: Keras read {len(labels)} images but {expected} image files exist.")
+    return images, labels, tuple(classes)
+
+
+def read_npz(path) -> dict:
+    """`x_train, y_train, x_test, y_test` (and optional `class_names`) of an
+    `.npz` file in the layout of `keras.datasets`."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetNotFoundError(f"Array file {path} does not exist.")
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            content = {key: arrays[key] for key in arrays.files}
+    except (OSError, ValueError) as error:
+        raise ValueError(f"Cannot read {path} as an .npz file: {error}") from error
+    missing = [key for key in ("x_train", "y_train", "x_test", "y_test") if key not in content]
+    if missing:
+        raise ValueError(f"{path} lacks array(s) {', '.join(missing)}; it has {', '.join(sorted(content))}.")
+    for split in ("train", "test"):
+        x, y = content[f"x_{split}"], content[f"y_{split}"]
+        if x.ndim == 3:
+            x = x[..., None]
+        if x.ndim != 4 or x.dtype != np.uint8:
+            raise ValueError(
+                f"{path}: x_{split} must be uint8 images (N, H, W) or (N, H, W, C), got {x.dtype} {x.shape}."
+            )
+        y = np.asarray(y).reshape(-1)
+        if not np.issubdtype(y.dtype, np.integer) or len(y) != len(x):
+            raise ValueError(f"{path}: y_{split} must hold one integer label per image, got {y.dtype} {y.shape}.")
+        content[f"x_{split}"], content[f"y_{split}"] = x, y.astype(np.int32)
+    if content["x_train"].shape[1:] != content["x_test"].shape[1:]:
+        raise ValueError(f"{path}: train images are {content['x_train'].shape[1:]}, test images {content['x_test'].shape[1:]}.")
+    return content

@@ -347,15 +347,20 @@ class BaseDistiller(_compat.MultiWorkerBuild, keras.Model):
     ) -> None:
         """Checks that `loss` can carry signal between these outputs (refusing
         dead terms with both outputs named) and creates its trainable part."""
-        for label, shapes, key in (
-            (teacher_label, teacher_shapes, loss.teacher_key),
-            (student_label, student_shapes, loss.student_key),
+        for label, shapes, keys in (
+            (teacher_label, teacher_shapes, loss.teacher_keys),
+            (student_label, student_shapes, loss.student_keys),
         ):
-            if key not in shapes:
-                raise ValueError(f"Term {term!r}: the {label} has no output {key!r} (available: {', '.join(shapes)}).")
+            for key in keys:
+                if key not in shapes:
+                    raise ValueError(
+                        f"Term {term!r}: the {label} has no output {key!r} (available: {', '.join(shapes)})."
+                    )
         teacher_shape, student_shape = teacher_shapes[loss.teacher_key], student_shapes[loss.student_key]
         try:
             loss.check_shapes(teacher_shape, student_shape)
+            loss.check_tapped_shapes({key: teacher_shapes[key] for key in loss.teacher_keys},
+                                     {key: student_shapes[key] for key in loss.student_keys})
         except ValueError as error:
             raise ValueError(
                 f"Term {term!r} ({type(loss).__name__}) between {teacher_label} output {loss.teacher_key!r} "

@@ -145,7 +145,7 @@ class Distiller(BaseDistiller):
             student=student,
             num_classes=num_classes,
             term_names=("student_loss", *names),
-            student_taps=[loss.student_key for loss in distillation_losses],
+            student_taps=[key for loss in distillation_losses for key in loss.student_keys],
             check_finite=check_finite,
             check_labels=check_labels,
             **kwargs,
@@ -155,7 +155,7 @@ class Distiller(BaseDistiller):
         self.distillation_losses = distillation_losses
         self.distillation_loss_weights = [weights[f"weight of {name}"] for name in names]
         self.loss_names = names
-        teacher_taps = [loss.teacher_key for loss in distillation_losses if loss.teacher_key != LOGITS]
+        teacher_taps = [key for loss in distillation_losses for key in loss.teacher_keys if key != LOGITS]
         self.teacher_view = tap_model(teacher_logits, teacher_taps) if teacher_taps else teacher_logits
         teacher_shapes = output_shapes(self.teacher_view if teacher_taps else None, teacher_logits, num_classes)
         student_shapes = output_shapes(self.student_view, self.student_logits, num_classes)

@@ -66,6 +66,9 @@ class DistillationLoss:
     override `check_shapes` (refuse a pairing that cannot carry signal, at
     construction) and `build_parts` (declare a trainable layer, e.g. a FitNet
     regressor, that the distiller creates, trains, saves and never exports).
+    A loss that reads more than one layer of each network (FSP) names the
+    others in `teacher_keys`/`student_keys` and checks them all in
+    `check_tapped_shapes`.
 
     The loss never stops gradients itself: a distiller with a frozen teacher
     passes `stop_gradient` teacher outputs, while SFTN trains the teacher
@@ -110,10 +113,28 @@ class DistillationLoss:
     def student_key(self) -> str:
         return self.student_layer_name or LOGITS
 
+    @property
+    def teacher_keys(self) -> tuple[str, ...]:
+        """Every teacher output the loss reads, `teacher_key` first. A loss
+        that compares several layers of each network (FSP reads two) adds the
+        others: distillers tap them in the same forward pass and hand them
+        over in `context.teacher_outputs`."""
+        return (self.teacher_key,)
+
+    @property
+    def student_keys(self) -> tuple[str, ...]:
+        """Every student output the loss reads, `student_key` first (see `teacher_keys`)."""
+        return (self.student_key,)
+
     # -- what subclasses provide ------------------------------------------------
 
     def check_shapes(self, teacher_shape: tuple, student_shape: tuple) -> None:
         """Raise ValueError when these outputs (shapes with batch) cannot work."""
+
+    def check_tapped_shapes(self, teacher_shapes: dict, student_shapes: dict) -> None:
+        """Like `check_shapes`, for a loss that reads several outputs:
+        `{key: shape with batch}` of every key in `teacher_keys` /
+        `student_keys`; called after `check_shapes`."""
 
     def build_parts(self, teacher_shape: tuple, student_shape: tuple) -> keras.layers.Layer | None:
         """The trainable layer this loss needs, unbuilt or built; None if none."""
@@ -135,13 +156,17 @@ class DistillationLoss:
         parts: keras.layers.Layer | None = None,
         training: bool = False,
         inputs=None,
+        teacher_outputs: dict | None = None,
+        student_outputs: dict | None = None,
         context: LossContext | None = None,
     ):
-        """The loss of two tensors (direct use, tests); distillers pass a context."""
+        """The loss of two tensors (direct use, tests); distillers pass a context.
+        `teacher_outputs`/`student_outputs`: the other outputs a loss reading
+        several layers needs (`{layer name: tensor}`)."""
         teacher_output = ops.cast(teacher_output, "float32")
         student_output = ops.cast(student_output, "float32")
         if context is None:
-            context = LossContext(labels, step, epoch, training, parts, inputs=inputs)
+            context = LossContext(labels, step, epoch, training, parts, teacher_outputs, student_outputs, inputs)
         return self.compute_loss(teacher_output, student_output, context)
 
     # -- serialization ----------------------------------------------------------

@@ -7,6 +7,13 @@ from fractions import Fraction
 
 import keras
 
+from keras_kd.models.applications import (
+    APPLICATIONS,
+    KERAS_HUB_PREFIX,
+    application,
+    is_application,
+    keras_hub_backbone,
+)
 from keras_kd.models.cnn import build_cnn
 from keras_kd.models.layers import scale_channels
 from keras_kd.models.resnet import RESNET_PATTERN, resnet_from_name
@@ -44,8 +51,9 @@ def get(
     input_shape: Sequence[int] = (32, 32, 3),
     num_classes: int = 10,
     width_ratio: int | float | Fraction = 1,
+    weights: str | None = None,
 ) -> keras.Model:
-    """Builds a fresh zoo model.
+    """Builds a fresh zoo model, `keras.applications` model or KerasHub backbone.
 
     Every zoo model is a Functional `keras.Model` mapping images to logits
     whose layers named `stem`, `stage1`, `stage2`, `stage3` and `embedding`
@@ -55,6 +63,11 @@ def get(
     `max(1, floor(C * width_ratio))` channels; pass a `fractions.Fraction`
     for exact integer arithmetic (`Fraction(4, 5)` gives `C * 4 // 5`),
     floats are floored after a floating-point product.
+
+    `name` may also be a `keras.applications` constructor (`MobileNetV3Small`,
+    `EfficientNetV2B0`, ...; see `applications.application`) or
+    `kerashub:<preset directory>`; those take `weights` (a local file) and no
+    `width_ratio`. For zoo models `weights` is a `*.weights.h5` file of the model.
 
     Example:
 
@@ -74,7 +87,23 @@ def get(
     if not isinstance(name, str):
         raise TypeError(f"Model name must be a string, got {name!r}.")
     scale_channels(1, width_ratio)  # validates the ratio
-    key = name.lower()
+    if is_application(name) or name.startswith(KERAS_HUB_PREFIX):
+        if width_ratio != 1:
+            raise ValueError(f"`width_ratio` scales zoo models only, not {name!r}.")
+        if name.startswith(KERAS_HUB_PREFIX):
+            if weights is not None:
+                raise ValueError("A KerasHub preset carries its own weights; drop `weights`.")
+            return keras_hub_backbone(name[len(KERAS_HUB_PREFIX):], input_shape, num_classes)
+        return application(name, input_shape, num_classes, weights)
+    model = _zoo_model(name.lower(), input_shape, num_classes, width_ratio)
+    if weights is not None:
+        if not str(weights).endswith(".weights.h5"):
+            raise ValueError(f"Zoo models load `*.weights.h5` files (model.save_weights), got {weights}.")
+        model.load_weights(weights)
+    return model
+
+
+def _zoo_model(key: str, input_shape, num_classes: int, width_ratio) -> keras.Model:
     if RESNET_PATTERN.match(key):
         return resnet_from_name(key, input_shape, num_classes, width_ratio=width_ratio)
     if WRN_PATTERN.match(key):
@@ -82,8 +111,9 @@ def get(
     if key == "cnn":
         return build_cnn(input_shape, num_classes, width_ratio=width_ratio)
     raise ValueError(
-        f"Unknown model {name!r}. Available: {', '.join(ZOO_NAMES)} "
-        "(any resnet{6n+2}, resnet8x4/resnet32x4 and wrn_{6n+4}_{k} also work)."
+        f"Unknown model {key!r}. Available: {', '.join(ZOO_NAMES)} "
+        "(any resnet{6n+2}, resnet8x4/resnet32x4 and wrn_{6n+4}_{k} also work), "
+        f"a keras.applications model ({', '.join(APPLICATIONS)}, ...) or kerashub:<preset dir>."
     )
 
 
