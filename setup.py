@@ -32,6 +32,7 @@ setup(
         "plots": ["matplotlib>=3.8", "scikit-learn>=1.4"],
         "dev": [
             "pytest>=8",
+            "pytest-xdist>=3.5",  # scripts/test.sh runs the suite on two processes
             "ruff>=0.6",
             "ai-edge-litert>=2.3",
             "matplotlib>=3.8",

@@ -1,0 +1,452 @@
+"""Knowledge review: attention-based fusion + hierarchical context loss (Chen et al., CVPR 2021)."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_kd.losses.base import DistillationLoss, LossContext, describe
+from keras_kd.models.layers import BN_EPSILON, BN_MOMENTUM
+from keras_kd.registry import SuiteRow, register_loss
+
+#: Output sizes of the pyramid pooling of the hierarchical context loss (mdistiller's `[4, 2, 1]`).
+PYRAMID = (4, 2, 1)
+#: mdistiller's cap on the ABF width: `mid = min(512, channels of the student's deepest level)`.
+MAX_MID_CHANNELS = 512
+#: The suite row's levels, shallow to deep: the student's stage outputs and pooled embedding; the
+#: ResNet20 teacher's pre-activation stage outputs (the sum before the last block's ReLU, mdistiller's
+#: `preact_feats`) and pooled embedding.
+ZOO_STUDENT_LAYERS = ("stage1", "stage2", "stage3", "embedding")
+RESNET20_TEACHER_LAYERS = ("stage1_block2_add", "stage2_block2_add", "stage3_block2_add", "embedding")
+
+
+def _as_map(features):
+    """(batch, C) -> (batch, 1, 1, C); (batch, H, W, C) unchanged."""
+    if len(features.shape) == 2:
+        return ops.reshape(features, (-1, 1, 1, features.shape[-1]))
+    return features
+
+
+def _map_size(shape) -> tuple[int, int]:
+    """(H, W) of an output of `shape` (with batch); a (batch, C) vector is a 1x1 map."""
+    return (1, 1) if len(shape) == 2 else (int(shape[1]), int(shape[2]))
+
+
+def nearest_indices(size_in: int, size_out: int) -> np.ndarray:
+    """Source rows of a nearest-neighbour resize, `floor(j * in / out)` (PyTorch's
+    `F.interpolate(mode="nearest")`): integer up-sampling repeats each row,
+    integer down-sampling keeps the first row of each block."""
+    return np.minimum(np.arange(size_out) * size_in // size_out, size_in - 1).astype("int32")
+
+
+def resize_nearest(features, size: tuple[int, int]):
+    """A (batch, H, W, C) map resized to `size` by nearest neighbour (`nearest_indices`)."""
+    height, width = features.shape[1], features.shape[2]
+    if height != size[0]:
+        features = ops.take(features, nearest_indices(height, size[0]), axis=1)
+    if width != size[1]:
+        features = ops.take(features, nearest_indices(width, size[1]), axis=2)
+    return features
+
+
+def adaptive_pool_matrix(size_in: int, size_out: int) -> np.ndarray:
+    """(out, in) averaging matrix of adaptive average pooling: output `i`
+    averages inputs `floor(i * in / out)` to `ceil((i + 1) * in / out) - 1`
+    (PyTorch's `adaptive_avg_pool2d` bins, which overlap when `in` is not a
+    multiple of `out`, e.g. 14 -> 4: rows 0-3, 3-6, 7-10, 10-13)."""
+    matrix = np.zeros((size_out, size_in), "float32")
+    for i in range(size_out):
+        start, end = (i * size_in) // size_out, -((-(i + 1) * size_in) // size_out)
+        matrix[i, start:end] = 1.0 / (end - start)
+    return matrix
+
+
+def adaptive_average_pool(features, size: tuple[int, int]):
+    """(batch, H, W, C) -> (batch, size[0], size[1], C), adaptive average pooling."""
+    rows = adaptive_pool_matrix(features.shape[1], size[0])
+    cols = adaptive_pool_matrix(features.shape[2], size[1])
+    features = ops.einsum("ih,bhwc->biwc", ops.convert_to_tensor(rows, features.dtype), features)
+    return ops.einsum("jw,biwc->bijc", ops.convert_to_tensor(cols, features.dtype), features)
+
+
+def hcl_weights(height: int) -> list[tuple[int | None, float]]:
+    """`[(pool size or None for the full map, weight), ...]` of one level of
+    the hierarchical context loss: the full map at weight 1, then each pyramid
+    size `l` in (4, 2, 1) smaller than the map's height at half the previous
+    weight (mdistiller's `cnt /= 2`).
+
+    >>> hcl_weights(8)
+    [(None, 1.0), (4, 0.5), (2, 0.25), (1, 0.125)]
+    >>> hcl_weights(2)
+    [(None, 1.0), (1, 0.5)]
+    """
+    weights, weight = [(None, 1.0)], 1.0
+    for size in PYRAMID:
+        if size >= height:
+            continue
+        weight /= 2.0
+        weights.append((size, weight))
+    return weights
+
+
+def hcl_loss(student_maps, teacher_maps):
+    """Hierarchical context loss: sum over levels of
+    `sum_k w_k * MSE(pool_k(F_s), pool_k(F_t)) / sum_k w_k` (`hcl_weights`;
+    MSE = mean over batch, positions and channels; pool = adaptive average).
+
+    >>> import numpy as np
+    >>> float(hcl_loss([np.ones((2, 8, 8, 3), "float32")], [np.zeros((2, 8, 8, 3), "float32")]))
+    1.0
+    """
+    total = 0.0
+    for student, teacher in zip(student_maps, teacher_maps, strict=True):
+        student, teacher = _as_map(student), _as_map(teacher)
+        level, norm = 0.0, 0.0
+        for size, weight in hcl_weights(int(student.shape[1])):
+            s, t = (student, teacher) if size is None else (adaptive_average_pool(student, (size, size)),
+                                                           adaptive_average_pool(teacher, (size, size)))
+            level = level + weight * ops.mean(ops.square(s - t))
+            norm += weight
+        total = total + level / norm
+    return total
+
+
+def _kaiming_uniform_a1():
+    """PyTorch's `kaiming_uniform_(w, a=1)` (mdistiller's ABF convolutions): U(+-sqrt(3 / fan_in))."""
+    return keras.initializers.VarianceScaling(1.0, "fan_in", "uniform")
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class AttentionBasedFusion(keras.layers.Layer):
+    """One ABF module of ReviewKD: student level `x` (+ the deeper level's fused map `y`) -> teacher channels.
+
+        x = BN(conv1x1(x))                                    (mid channels)
+        if fuse: y = nearest(y, size of x)
+                 a = sigmoid(conv1x1([x, y]) + b)             (2 attention maps)
+                 x = x * a[..., 0] + y * a[..., 1]
+        x = nearest(x, teacher size)                          (when sizes differ)
+        out = BN(conv3x3(x))                                  (teacher channels)
+
+    `call` returns `(out, x)`: the output compared with the teacher and the
+    fused map handed to the next (shallower) level.
+    """
+
+    def __init__(self, mid_channels: int, out_channels: int, out_size, fuse: bool, **kwargs):
+        super().__init__(**kwargs)
+        self.mid_channels, self.out_channels = int(mid_channels), int(out_channels)
+        self.out_size = tuple(int(d) for d in out_size)
+        self.fuse = bool(fuse)
+        self.conv1 = keras.layers.Conv2D(self.mid_channels, 1, use_bias=False, name="conv1",
+                                         kernel_initializer=_kaiming_uniform_a1())
+        self.bn1 = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name="bn1")
+        self.conv2 = keras.layers.Conv2D(self.out_channels, 3, padding="same", use_bias=False, name="conv2",
+                                         kernel_initializer=_kaiming_uniform_a1())
+        self.bn2 = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name="bn2")
+        if self.fuse:
+            # PyTorch's default Conv2d initialisation (mdistiller leaves att_conv at it).
+            bound = 1.0 / math.sqrt(2 * self.mid_channels)
+            self.att_conv = keras.layers.Conv2D(
+                2, 1, name="att_conv", kernel_initializer=keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform"),
+                bias_initializer=keras.initializers.RandomUniform(-bound, bound))
+        else:
+            self.att_conv = None
+
+    def build(self, input_shape):
+        height, width = input_shape[1], input_shape[2]
+        self.conv1.build(input_shape)
+        self.bn1.build((None, height, width, self.mid_channels))
+        if self.att_conv is not None:
+            self.att_conv.build((None, height, width, 2 * self.mid_channels))
+        self.conv2.build((None, *self.out_size, self.mid_channels))
+        self.bn2.build((None, *self.out_size, self.out_channels))
+
+    def call(self, inputs, residual=None, training=None):
+        x = self.bn1(self.conv1(inputs), training=training)
+        if self.att_conv is not None:
+            if residual is None:
+                raise ValueError("This ABF fuses a deeper level: pass `residual`.")
+            y = resize_nearest(ops.cast(residual, x.dtype), (x.shape[1], x.shape[2]))
+            attention = ops.sigmoid(self.att_conv(ops.concatenate([x, y], axis=-1)))
+            x = x * attention[..., 0:1] + y * attention[..., 1:2]
+        x = resize_nearest(x, self.out_size)
+        return self.bn2(self.conv2(x), training=training), x
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "mid_channels": self.mid_channels, "out_channels": self.out_channels,
+                "out_size": self.out_size, "fuse": self.fuse}
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class ReviewKDFusion(keras.layers.Layer):
+    """Every ABF of a ReviewKD term (the loss's trainable part, owned by the
+    distiller): student levels, shallow to deep, -> one map per level in the
+    teacher's shape, fused top-down (the deepest level has no residual).
+
+    Args:
+        teacher_shapes: per level, shallow to deep, the teacher's `(H, W, C)`
+            (a pooled `(C,)` level is `(1, 1, C)`).
+        mid_channels: width of every ABF.
+    """
+
+    def __init__(self, teacher_shapes, mid_channels: int, **kwargs):
+        super().__init__(**kwargs)
+        self.teacher_shapes = [tuple(int(d) for d in shape) for shape in teacher_shapes]
+        self.mid_channels = int(mid_channels)
+        last = len(self.teacher_shapes) - 1
+        self.abfs = [AttentionBasedFusion(self.mid_channels, shape[-1], shape[:2], fuse=i < last, name=f"abf{i}")
+                     for i, shape in enumerate(self.teacher_shapes)]
+
+    def build(self, input_shape):
+        """`input_shape`: the student's shape (with batch) of every level, shallow to deep."""
+        if len(input_shape) != len(self.abfs):
+            raise ValueError(f"ReviewKDFusion has {len(self.abfs)} levels, got {len(input_shape)} student shapes.")
+        for abf, shape in zip(self.abfs, input_shape, strict=True):
+            height, width = _map_size(shape)
+            abf.build((None, height, width, int(shape[-1])))
+        self.built = True
+
+    def call(self, inputs, training=None):
+        """Student features of every level, shallow to deep -> the fused outputs, same order."""
+        outputs, residual = [None] * len(self.abfs), None
+        for i in reversed(range(len(self.abfs))):
+            outputs[i], residual = self.abfs[i](_as_map(inputs[i]), residual=residual, training=training)
+        return outputs
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "teacher_shapes": self.teacher_shapes, "mid_channels": self.mid_channels}
+
+
+def _check_names(key: str, names) -> tuple[str, ...]:
+    if isinstance(names, str) or not isinstance(names, (list, tuple)) or not names:
+        raise ValueError(f"`{key}` must be a non-empty list of layer names, shallow to deep, got {names!r}.")
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"`{key}` must hold layer names, got {name!r} in {list(names)!r}.")
+    if len(set(names)) != len(names):
+        raise ValueError(f"`{key}` names a layer twice: {list(names)!r}.")
+    return tuple(names)
+
+
+@register_loss(
+    "reviewkd",
+    SuiteRow("ReviewKD (stages 1-3 + embedding, 20-epoch warm-up)",
+             ({"weight": 1.0, "teacher_layer_names": list(RESNET20_TEACHER_LAYERS),
+               "student_layer_names": list(ZOO_STUDENT_LAYERS)},),
+             student_loss_weight=1.0, order=14),
+)
+class ReviewKDLoss(DistillationLoss):
+    """Knowledge review: every student level, fused with the deeper ones,
+    learns the teacher's map of that level.
+
+    Chen, Liu, Zhao, Jia, "Distilling Knowledge via Knowledge Review", CVPR
+    2021. With student features `S_1..S_L` and teacher features `T_1..T_L`
+    (shallow to deep, `teacher_layer_names` / `student_layer_names`):
+
+        F_L, R_L = ABF_L(S_L)                  (no residual at the deepest level)
+        F_i, R_i = ABF_i(S_i, R_{i+1})         i = L-1 .. 1
+        loss = ramp * sum_i HCL(F_i, T_i),     ramp = min((epoch + 1) / warmup_epochs, 1)
+        HCL(F, T) = sum_k w_k MSE(pool_k(F), pool_k(T)) / sum_k w_k
+
+    ABF (`AttentionBasedFusion`): a 1x1 conv + BN of `S_i` to `mid_channels`;
+    the deeper fused map `R_{i+1}` up-sampled to its size (nearest
+    neighbour); two attention maps `sigmoid(conv1x1([x, y]))` weighting the
+    sum `x * a_0 + y * a_1` (= `R_i`); a 3x3 conv + BN to the teacher's
+    channels (= `F_i`). HCL: `pool_k` is the full map (w = 1) and then
+    adaptive average pooling to 4x4, 2x2, 1x1, each only when smaller than
+    the map's height, at weights halving from 1/2 (1, 1/2, 1/4, 1/8 for a map
+    of 8 rows or more), normalised by their sum; MSE is the mean over batch,
+    positions and channels; a pooled `(batch, C)` level is a 1x1 map (its
+    HCL is the plain MSE). All ABFs form one `ReviewKDFusion` the distiller
+    creates, trains, saves with itself and never exports with the student.
+
+    Defaults and conventions follow the benchmark code (mdistiller,
+    `distillers/ReviewKD.py`, CIFAR): four levels, the student's stage outputs (post-ReLU `feats`) and
+    pooled feature, the teacher's PRE-activation stage outputs
+    (`preact_feats`) and pooled feature (the stem `f0` in mdistiller's
+    student list is dropped by its `zip`); `mid_channels = min(512, channels
+    of the student's deepest level)`; nearest-neighbour resizing
+    (`floor(j * in / out)`, as `F.interpolate`); the HCL weights above; the
+    linear warm-up over `warmup_epochs = 20` (mdistiller counts epochs from
+    1, `context.epoch` from 0, hence `epoch + 1`); term weight
+    `REVIEWKD_WEIGHT` 1.0 (mdistiller's default; its only CIFAR config,
+    ResNet32x4 -> ResNet8x4, uses 5.0) and cross-entropy at `CE_WEIGHT` 1.0;
+    conv1/conv2 initialised as `kaiming_uniform_(a=1)` and the attention
+    conv as PyTorch's default; BatchNorm momentum 0.1 (PyTorch), eps 1e-5.
+    On our zoo: student `stage1, stage2, stage3, embedding`; teacher
+    `stage{i}_block{n-1}_add` (the sum before the last block's ReLU; `n`
+    blocks per stage, e.g. `stage1_block2_add` for ResNet20; `keras-kd
+    inspect` lists them) and `embedding`. The suite row and
+    `reviewkd_fmnist.yaml` use exactly these for ResNet20 -> ResNet8 at
+    weight 1 with CE 1.
+
+    Differences from mdistiller: sizes and channels are read from the tapped
+    layers (mdistiller takes `SHAPES`, `OUT_SHAPES`, `IN_CHANNELS`,
+    `OUT_CHANNELS` from its config, set for ResNet32x4 -> ResNet8x4); any
+    map sizes work: 28x28 Fashion-MNIST gives 28/14/7-pixel stages (CIFAR:
+    32/16/8), and the 14 -> 4 and 7 -> 4 pools use PyTorch's overlapping
+    adaptive bins, as `adaptive_avg_pool2d` would; a level's pyramid depends
+    on its height only (mdistiller's `l >= h`); the loss is ONE term reading
+    every level (`teacher_keys` / `student_keys`) and its metric
+    `reviewkd_loss` is the ramped value before the term weight. The authors'
+    code (dvlab-research/ReviewKD) has the same ABF and HCL but counts epochs
+    from 0 in `min(epoch / 20, 1)` (its first epoch is not distilled) and
+    tunes the weight per pair (0.6 ResNet56 -> 20, 1.0 ResNet110 -> 32, 5.0
+    ResNet32x4 -> 8x4). Relative to the paper: the warm-up, the pyramid sizes
+    and weights of HCL, the teacher's pre-activation maps and the pooled
+    level are choices of the code, followed here as mdistiller makes them.
+
+    Args:
+        teacher_layer_names: teacher layers, shallow to deep.
+        student_layer_names: student layers, shallow to deep, one per teacher layer.
+        mid_channels: ABF width (None: `min(512, student's deepest channels)`).
+        warmup_epochs: epochs of the linear ramp (0: none).
+
+    Example:
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> t = {"stage3": rng.normal(size=(2, 4, 4, 8)), "embedding": rng.normal(size=(2, 8))}
+    >>> s = {"stage3": rng.normal(size=(2, 4, 4, 6)), "embedding": rng.normal(size=(2, 6))}
+    >>> loss = ReviewKDLoss(teacher_layer_names=["stage3", "embedding"], student_layer_names=["stage3", "embedding"])
+    >>> fusion = loss.build_fusion({k: v.shape for k, v in t.items()}, {k: v.shape for k, v in s.items()})
+    >>> [abf.fuse for abf in fusion.abfs], fusion.mid_channels
+    ([True, False], 6)
+    >>> value = loss(t["stage3"], s["stage3"], teacher_outputs=t, student_outputs=s, parts=fusion, epoch=9)
+    >>> bool(float(value) > 0)  # half the HCL: epoch 9 of a 20-epoch warm-up
+    True
+    """
+
+    metric_name = "reviewkd_loss"
+
+    def __init__(
+        self,
+        teacher_layer_names=None,
+        student_layer_names=None,
+        mid_channels: int | None = None,
+        warmup_epochs: int = 20,
+        name: str | None = None,
+    ):
+        if teacher_layer_names is None or student_layer_names is None:
+            raise ValueError(
+                "ReviewKDLoss reads several layers of each network: give teacher_layer_names and "
+                "student_layer_names, shallow to deep (e.g. ['stage1', 'stage2', 'stage3', 'embedding'])."
+            )
+        teachers = _check_names("teacher_layer_names", teacher_layer_names)
+        students = _check_names("student_layer_names", student_layer_names)
+        if len(teachers) != len(students):
+            raise ValueError(
+                f"ReviewKDLoss pairs one teacher layer with one student layer per level; got {len(teachers)} "
+                f"teacher_layer_names {list(teachers)} and {len(students)} student_layer_names {list(students)}."
+            )
+        super().__init__(teacher_layer_name=teachers[0], student_layer_name=students[0], name=name)
+        if mid_channels is not None and (isinstance(mid_channels, bool) or not isinstance(mid_channels, int)
+                                         or mid_channels < 1):
+            raise ValueError(f"`mid_channels` must be a positive integer or None, got {mid_channels!r}.")
+        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
+            raise ValueError(f"`warmup_epochs` must be an integer >= 0, got {warmup_epochs!r}.")
+        self.teacher_layer_names, self.student_layer_names = teachers, students
+        self.mid_channels = mid_channels
+        self.warmup_epochs = warmup_epochs
+        self._bound_shapes = None
+
+    @property
+    def teacher_keys(self) -> tuple[str, ...]:
+        return self.teacher_layer_names
+
+    @property
+    def student_keys(self) -> tuple[str, ...]:
+        return self.student_layer_names
+
+    # -- shapes and parts --------------------------------------------------------
+
+    def _level_shapes(self, teacher_shapes: dict, student_shapes: dict) -> tuple[list, list]:
+        """Every level's (teacher, student) shapes, checked; raises naming the layers."""
+        levels = []
+        for role, shapes, names in (("teacher", teacher_shapes, self.teacher_layer_names),
+                                    ("student", student_shapes, self.student_layer_names)):
+            found = []
+            for name in names:
+                if name not in shapes:
+                    raise ValueError(f"ReviewKD reads the {role}'s layer {name!r}, which was not tapped.")
+                shape = tuple(shapes[name])
+                if len(shape) not in (2, 4):
+                    raise ValueError(
+                        f"ReviewKD needs (batch, H, W, C) maps or pooled (batch, C) features; the {role}'s "
+                        f"{name!r} is {describe(shape)}.")
+                if any(d is None for d in shape[1:]):
+                    raise ValueError(f"ReviewKD needs fixed map sizes; the {role}'s {name!r} is {describe(shape)}.")
+                found.append(shape)
+            levels.append(found)
+        return levels[0], levels[1]
+
+    def check_shapes(self, teacher_shape, student_shape):
+        for role, shape, name in (("teacher", teacher_shape, self.teacher_key),
+                                  ("student", student_shape, self.student_key)):
+            if len(shape) not in (2, 4):
+                raise ValueError(
+                    f"ReviewKD needs (batch, H, W, C) maps or pooled (batch, C) features; the {role}'s {name!r} "
+                    f"is {describe(shape)}.")
+
+    def check_tapped_shapes(self, teacher_shapes, student_shapes):
+        self._bound_shapes = self._level_shapes(teacher_shapes, student_shapes)
+
+    def default_mid_channels(self, student_shapes) -> int:
+        return self.mid_channels or min(MAX_MID_CHANNELS, int(student_shapes[-1][-1]))
+
+    def build_fusion(self, teacher_shapes: dict, student_shapes: dict) -> ReviewKDFusion:
+        """The built `ReviewKDFusion` for outputs of these shapes (`{layer name: shape with batch}`)."""
+        teachers, students = self._level_shapes(teacher_shapes, student_shapes)
+        fusion = ReviewKDFusion([(*_map_size(s), int(s[-1])) for s in teachers], self.default_mid_channels(students))
+        fusion.build(students)
+        return fusion
+
+    def build_parts(self, teacher_shape, student_shape):
+        if self._bound_shapes is None:
+            raise ValueError("ReviewKDLoss builds its ABFs from every level's shape: call check_tapped_shapes first, "
+                             "or use build_fusion(teacher_shapes, student_shapes).")
+        teachers, students = self._bound_shapes
+        return self.build_fusion(dict(zip(self.teacher_layer_names, teachers, strict=True)),
+                                 dict(zip(self.student_layer_names, students, strict=True)))
+
+    # -- the loss ----------------------------------------------------------------
+
+    def warmup_factor(self, epoch):
+        """`min((epoch + 1) / warmup_epochs, 1)` for the 0-based `epoch` (1 without warm-up).
+
+        >>> [round(float(ReviewKDLoss(["a"], ["a"]).warmup_factor(e)), 2) for e in (0, 9, 19, 50)]
+        [0.05, 0.5, 1.0, 1.0]
+        """
+        if not self.warmup_epochs:
+            return ops.convert_to_tensor(1.0)
+        return ops.minimum((ops.cast(epoch, "float32") + 1.0) / float(self.warmup_epochs), 1.0)
+
+    def _gather(self, primary, outputs: dict, names: tuple[str, ...], role: str) -> list:
+        found = [primary]
+        for name in names[1:]:
+            if name not in outputs:
+                raise ValueError(f"ReviewKDLoss reads the {role}'s layer {name!r} from the context: pass "
+                                 f"{role}_outputs={{{name!r}: ...}} (distillers do).")
+            found.append(ops.cast(outputs[name], "float32"))
+        return found
+
+    def compute_loss(self, teacher_output, student_output, context: LossContext):
+        if context.parts is None:
+            raise ValueError("ReviewKDLoss needs its ABFs: pass parts=loss.build_fusion(...) (distillers do).")
+        teachers = self._gather(teacher_output, context.teacher_outputs, self.teacher_layer_names, "teacher")
+        students = self._gather(student_output, context.student_outputs, self.student_layer_names, "student")
+        self._level_shapes(dict(zip(self.teacher_layer_names, (t.shape for t in teachers), strict=True)),
+                           dict(zip(self.student_layer_names, (s.shape for s in students), strict=True)))
+        fused = [ops.cast(f, "float32") for f in context.parts(students, training=context.training)]
+        return self.warmup_factor(context.epoch) * hcl_loss(fused, teachers)
+
+    def get_config(self) -> dict:
+        config = {"teacher_layer_names": list(self.teacher_layer_names),
+                  "student_layer_names": list(self.student_layer_names), "warmup_epochs": self.warmup_epochs}
+        if self.mid_channels is not None:
+            config["mid_channels"] = self.mid_channels
+        if self.name != self.metric_name:
+            config["name"] = self.name
+        return config
