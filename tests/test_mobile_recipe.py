@@ -62,6 +62,7 @@ def test_mobile_recipe_end_to_end(tmp_path, capfd):
     assert "run mobile_kd: kd (kd, pkt) | student MobileNetV3Small" in console
     assert "learning_rate: 0.001" not in console  # the YAML dump stays in config.yaml / train.log
     assert "epoch 2:" in (run / "train.log").read_text()
+    assert "E0000" not in console and "DT_HALF" not in console  # reading the float16 cache logs no oneDNN error
 
     # HParams: the run's settings and final metrics, for TensorBoard's comparison views.
     found = events(run / "tensorboard")

@@ -244,3 +244,16 @@ def test_cli_cache_is_built_once_and_shared(tmp_path, capsys):
     assert cli.main(["train-teacher", "--output-dir", str(tmp_path), "--run-name", "ce",
                      "--set", "teacher.arch=cnn", "--set", "cache.teacher_outputs=cached", *common]) == 2
     assert "has no frozen teacher" in capsys.readouterr().err
+
+
+def test_float16_bits_convert_exactly_for_every_pattern():
+    from keras_kd.data.cache import half_bits_to_float32
+
+    bits = np.arange(2**16, dtype=np.uint16)
+    expected = bits.view(np.float16).astype(np.float32)
+    got = half_bits_to_float32(tf.constant(bits)).numpy()
+    finite = np.isfinite(expected)
+    np.testing.assert_array_equal(got[finite], expected[finite])
+    np.testing.assert_array_equal(np.signbit(got[finite]), np.signbit(expected[finite]))  # -0.0 stays -0.0
+    np.testing.assert_array_equal(got[np.isinf(expected)], expected[np.isinf(expected)])
+    assert np.isnan(got[np.isnan(expected)]).all()

@@ -336,7 +336,8 @@ class TeacherOutputCache:
         arrays = {}
         for key, column in self.columns.items():
             for suffix, (dtype, width) in _files(column).items():
-                raw = tf.io.decode_raw(tf.io.read_file(tf.strings.join([folder, f"{key}{suffix}.bin"])), dtype)
+                stored = "uint16" if dtype == "float16" else dtype  # bit patterns: see half_bits_to_float32
+                raw = tf.io.decode_raw(tf.io.read_file(tf.strings.join([folder, f"{key}{suffix}.bin"])), stored)
                 arrays[f"{key}{suffix}"] = tf.reshape(raw, [self.num_examples, width])
         return arrays
 
@@ -346,16 +347,43 @@ class TeacherOutputCache:
         for key, column in self.columns.items():
             k = column["top_k"]
             if k is None:
-                row = tf.cast(tf.gather(arrays[key], index), tf.float32)
+                row = _as_float32(tf.gather(arrays[key], index))
                 out[key] = tf.reshape(row, column["shape"])
                 continue
-            values = tf.cast(tf.gather(arrays[f"{key}.values"], index), tf.float32)
+            values = _as_float32(tf.gather(arrays[f"{key}.values"], index))
             classes = tf.cast(tf.gather(arrays[f"{key}.indices"], index), tf.int32)
             num_classes = column["shape"][-1]
             rest = tf.maximum(1.0 - tf.reduce_sum(tf.exp(values)), 1e-12) / (num_classes - k)
             dense = tf.fill([num_classes], tf.math.log(rest))
             out[key] = tf.tensor_scatter_nd_update(dense, classes[:, None], values)
         return out
+
+
+def _as_float32(values: tf.Tensor) -> tf.Tensor:
+    return half_bits_to_float32(values) if values.dtype == tf.uint16 else tf.cast(values, tf.float32)
+
+
+def half_bits_to_float32(bits: tf.Tensor) -> tf.Tensor:
+    """IEEE binary16 bit patterns (uint16) as exact float32 values, by integer
+    arithmetic: TensorFlow's float16 Cast kernel logs a oneDNN error line on
+    CPUs without AVX-512 FP16 support, on every run that reads a float16 cache.
+
+    Example:
+
+    >>> import numpy as np
+    >>> halves = np.array([1.5, -2.0, 6e-8, np.inf], np.float16)
+    >>> half_bits_to_float32(tf.constant(halves.view(np.uint16))).numpy().tolist() == halves.astype(np.float32).tolist()
+    True
+    """
+    h = tf.cast(bits, tf.int32)
+    negative = tf.bitwise.right_shift(h, 15) == 1
+    exponent = tf.bitwise.bitwise_and(tf.bitwise.right_shift(h, 10), 0x1F)
+    mantissa = tf.bitwise.bitwise_and(h, 0x3FF)
+    normal = tf.bitwise.bitwise_or(tf.bitwise.left_shift(exponent + 112, 23), tf.bitwise.left_shift(mantissa, 13))
+    special = tf.bitwise.bitwise_or(tf.constant(0x7F800000, tf.int32), tf.bitwise.left_shift(mantissa, 13))
+    magnitude = tf.bitcast(tf.where(exponent == 31, special, normal), tf.float32)  # inf/nan keep their payload
+    magnitude = tf.where(exponent == 0, tf.cast(mantissa, tf.float32) * 2.0**-24, magnitude)  # zero, subnormals
+    return tf.where(negative, -magnitude, magnitude)
 
 
 def _files(column: dict) -> dict[str, tuple[str, int]]:
