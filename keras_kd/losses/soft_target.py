@@ -42,6 +42,11 @@ class SoftTargetLoss(DistillationLoss):
     before the temperature (Sun et al., "Logit Standardization in Knowledge
     Distillation", CVPR 2024; their KD setting uses `T = 2` with it).
 
+    The default `T = 4` (the CRD benchmark's) is also the value chosen on the
+    validation split of the standard suite (T in {1, 2, 4, 8}, ResNet20 ->
+    ResNet8 on 10% Fashion-MNIST; docs/results.md): 90.63 ± 0.12 test
+    accuracy over 3 seeds against 90.06 ± 0.11 for cross-entropy alone.
+
     Example:
 
     >>> import numpy as np
