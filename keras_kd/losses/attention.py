@@ -40,7 +40,7 @@ def _pool_to(features, size: tuple[int, int]):
     if (height, width) == size:
         return features
     if height % size[0] or width % size[1] or height // size[0] != width // size[1]:
-        raise ValueError(f"AttentionTransferLoss cannot pool a {height}x{width} map to {size[0]}x{size[1]}.")
+        raise ValueError(f"Cannot average-pool a {height}x{width} map to {size[0]}x{size[1]} (needs an integer factor).")
     factor = height // size[0]
     return ops.average_pool(features, factor, factor, padding="valid")
 
