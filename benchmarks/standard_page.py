@@ -163,14 +163,31 @@ def _curves_plot(curves: dict[int, list[float]], path: Path) -> Path | None:
     return path
 
 
-def tuning_section(root: Path) -> str:
-    parts = []
+def tuning_section(root: Path, table: dict | None = None, cells: list = ()) -> str:
+    """Each family's candidates by validation accuracy (seed 0): the committed
+    record of a finished family, the finished candidates of one in progress."""
+    parts, recorded = [], set()
     for record in sorted((root / "tuning").glob("*.json")):
+        if record.stem not in {c.family for c in cells} and cells:
+            continue  # another record (e.g. headline_best.json)
         data = json.loads(record.read_text())
+        recorded.add(record.stem)
         rows = [f"**{record.stem}** (chosen: `{data['chosen']}`)", "", "| candidate | validation acc. (%) |",
                 "| --- | ---: |"]
         rows += [f"| {key}{' (chosen)' if key == data['chosen'] else ''} | {100 * acc:.2f} |"
                  for key, acc in data["validation_accuracy"].items()]
+        parts.append("\n".join(rows))
+    families = dict.fromkeys(c.family for c in cells if c.family and c.family not in recorded)
+    for family in families:
+        candidates = [c for c in cells if c.family == family]
+        done = [(c, (table or {}).get((c.group, c.key))) for c in candidates]
+        done = [(c, r[0]) for c, r in done if r]
+        if not done:
+            continue
+        rows = [f"**{family}** (in progress: {len(done)} of {len(candidates)} candidates)", "",
+                "| candidate | validation acc. (%) | test acc. (%) (not used to choose) |", "| --- | ---: | ---: |"]
+        rows += [f"| {c.key.removeprefix(family + '_')} ({c.label.split(': ', 1)[-1]}) | "
+                 f"{100 * r['validation_accuracy']:.2f} | {100 * r['test_accuracy']:.2f} |" for c, r in done]
         parts.append("\n".join(rows))
     return "\n\n".join(parts) or "No family has finished yet."
 
@@ -263,7 +280,7 @@ def write(suite: str, table: dict, cells: list, docs: str, root: str, seeds: int
                             f"| {100 * r['test_accuracy']:.2f} | {r['params']:,} | {r['train_time_s']:.0f} |")
     write_section(docs, f"{suite}-teachers", "Teachers (trained by the suite on the same 10%)", "\n".join(teachers))
     write_section(docs, f"{suite}-tuning", "Hyper-parameters chosen on the validation split (seed 0)",
-                  tuning_section(root_path))
+                  tuning_section(root_path, table, cells))
     rows_text, rows = rows_section(table, cells)
     write_section(docs, f"{suite}-rows", f"Every row ({suite} suite, last epoch, mean ± std over seeds)", rows_text)
     write_section(docs, f"{suite}-cache", "Teacher-output cache: time saved", cache_section(table))
