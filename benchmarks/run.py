@@ -116,12 +116,23 @@ class Cell:
     tuned: str | None = None  # this row takes the overrides of the best candidate of that family
 
 
-def loss_cells() -> list[Cell]:
-    """One `features` row per registered loss that declares a `SuiteRow`."""
+def _fill_stage(value, stage: int):
+    """`value` with every `registry.PRETRAIN_EPOCHS` placeholder replaced by `stage`."""
+    if isinstance(value, list):
+        return [_fill_stage(v, stage) for v in value]
+    return stage if value == registry.PRETRAIN_EPOCHS else value
+
+
+def loss_cells(p: Protocol) -> list[Cell]:
+    """One `features` row per registered loss that declares a `SuiteRow`; a
+    pre-training stage (AB, FT) takes the row's fraction of the protocol's epochs."""
     rows = []
     for name, row in registry.suite_rows():
-        entries = [{"name": name, **entry} for entry in row.losses]
-        overrides = (_losses(*entries), f"method.student_loss_weight={row.student_loss_weight}")
+        stage = max(1, round(row.pretrain_fraction * p.epochs)) if row.pretrain_fraction else 0
+
+        entries = [{"name": name, **{k: _fill_stage(v, stage) for k, v in entry.items()}} for entry in row.losses]
+        overrides = (_losses(*entries), f"method.student_loss_weight={row.student_loss_weight}",
+                     *((f"method.student_loss_start_epoch={stage}",) if stage else ()))
         rows.append(Cell("features", row.key or name, row.label, "distill", "kd_fmnist.yaml", overrides))
     return rows
 
@@ -130,7 +141,7 @@ def base_cells(p: Protocol) -> list[Cell]:
     """The rows of the 10% regime, in running order (later cells may read earlier ones)."""
     rows = [
         Cell("features", "baseline", "ResNet8 alone (CE)", "train-teacher", "kd_fmnist.yaml", RESNET8_ALONE),
-        *loss_cells(),
+        *loss_cells(p),
         Cell("features", "lpkd", "LP + KD", "distill", "lp_kd_fmnist.yaml"),
         Cell("ekd", "ekd", "EKD: 3-branch ResNet8 <- ResNet20, WRN-16-1, CNN", "distill", "ekd_fmnist.yaml"),
         Cell("ekd", "ekd_ce", "3-branch ResNet8, no teachers (alpha = beta = 0)", "distill", "ekd_fmnist.yaml",

@@ -43,13 +43,22 @@ class SuiteRow:
     the loss entries `losses` (each a dict of `weight` and constructor
     arguments; the loss name is added) next to CE at `student_loss_weight`.
     `key` names the row's run folders (default: the loss name); `order`
-    sorts the rows."""
+    sorts the rows. Entries are the suite's; a config file gives any other setting."""
 
     label: str
     losses: tuple[dict, ...]
     student_loss_weight: float = 1.0
     key: str | None = None
     order: int = 100
+    #: Methods with a pre-training stage (AB's initialisation, FT's paraphraser):
+    #: its length as a fraction of the suite's epochs (at least 1 epoch). Entry
+    #: values equal to `PRETRAIN_EPOCHS` become that epoch, and the CE term
+    #: starts after it (`student_loss_start_epoch`).
+    pretrain_fraction: float = 0.0
+
+
+#: Placeholder in `SuiteRow.losses` for the epoch the pre-training stage ends.
+PRETRAIN_EPOCHS = "<pretrain_epochs>"
 
 
 def register_loss(name: str, suite_row: SuiteRow | None = None) -> Callable[[type], type]:

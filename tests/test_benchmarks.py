@@ -178,3 +178,14 @@ def test_sftn_lambda_family_is_judged_by_its_kd_students(tmp_path, monkeypatch):
     assert tuned.teacher.path == str(tmp_path / "sftn" / "scratch_teacher_seed0") and tuned.seed == 2
     order = [f"{c.group}/{c.key}" for c in run.ordered("standard")]
     assert order.index("sftn/scratch_kd") < order.index("tuning/sftn_l1_teacher") < order.index("tuning/sftn_l1")
+
+
+def test_pre_training_stages_scale_with_the_suite_schedule():
+    for suite, stage in (("standard", 30), ("quick", 1)):
+        cells = {c.key: c for c in run.cells(suite) if c.group == "features"}
+        ab, ft = run.resolve(suite, cells["ab"], 0), run.resolve(suite, cells["ft"], 0)
+        assert ab.method.options["losses"][0]["active_epochs"] == [0, stage]
+        assert ft.method.options["losses"][0]["paraphraser_epochs"] == stage
+        assert ab.method.options["student_loss_start_epoch"] == ft.method.options["student_loss_start_epoch"] == stage
+        kd = run.resolve(suite, cells["fitnet"], 0)
+        assert kd.method.options["student_loss_start_epoch"] == 0

@@ -58,7 +58,7 @@ def test_config_rejects_unknown_keys_and_wrong_types(tmp_path):
         ("method.student_loss_weight=-1", "`method.student_loss_weight`: Input should be greater than or equal to 0"),
         ("method.losses=[{name: kd, temperature: 0}]", r"`method.losses\[0\]`.*`temperature` must be a finite number > 0"),
         ("method.losses=[{name: kd, weight: .nan}]", r"`method.losses\[0\].weight`: Input should be a finite number"),
-        ("method.losses=[{name: mgd}]", "Unknown loss 'mgd'. Available: at, "),
+        ("method.losses=[{name: mgd}]", "Unknown loss 'mgd'. Available: ab, at, "),
         ("method.loses=[]", "Unknown config key `method.loses`. Did you mean `method.losses`"),
         ("method=nope", "`method.name`: Unknown method 'nope'. Available: ce, dml, ekd, kd, oemc, one, sftn"),
     ],

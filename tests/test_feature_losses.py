@@ -91,7 +91,7 @@ def test_attention_transfer_matches_numpy(t_shape, s_shape, p):
 def test_attention_transfer_errors():
     with pytest.raises(ValueError, match="needs \\(batch, H, W, C\\) feature maps; the teacher"):
         AttentionTransferLoss()(np.zeros((2, 8), "float32"), np.zeros((2, 4, 4, 1), "float32"))
-    with pytest.raises(ValueError, match="cannot pool a 6x6 map to 4x4"):
+    with pytest.raises(ValueError, match="Cannot average-pool a 6x6 map to 4x4"):
         AttentionTransferLoss()(np.ones((2, 6, 6, 1), "float32"), np.ones((2, 4, 4, 1), "float32"))
     with pytest.raises(ValueError, match="`p` must be a finite number > 0"):
         AttentionTransferLoss(0)

@@ -16,7 +16,7 @@ from keras_kd.distillers.base import (
     reject_positional,
 )
 from keras_kd.distillers.checks import check_teacher_student, freeze, logits_model
-from keras_kd.losses.base import LOGITS, DistillationLoss
+from keras_kd.losses.base import LOGITS, DistillationLoss, check_epoch_window, in_window
 from keras_kd.losses.soft_target import SoftTargetLoss
 from keras_kd.taps import tap_model
 
@@ -76,6 +76,11 @@ class Distiller(BaseDistiller):
         distillation_loss_weights: one weight per loss (>= 0); default 1.0
             each (0.9 for the default loss).
         student_loss_weight: weight of the hard-label cross-entropy (>= 0).
+        student_loss_start_epoch: the cross-entropy counts from this 0-based
+            epoch on (0, the default: always); before it, it is 0 (value,
+            gradient and `student_loss` metric). With a loss active in
+            `[0, n)` (`active_epochs`), `n` makes that loss a pre-training
+            stage inside the same `fit` (RepDistiller's AB initialisation).
         check_finite, check_labels: see `BaseDistiller`.
 
     Example:
@@ -105,6 +110,7 @@ class Distiller(BaseDistiller):
         distillation_losses: DistillationLoss | Sequence[DistillationLoss] | None = None,
         distillation_loss_weights: float | Sequence[float] | None = None,
         student_loss_weight: float = 0.1,
+        student_loss_start_epoch: int = 0,
         check_finite: bool = True,
         check_labels: bool = True,
         **kwargs,
@@ -152,6 +158,8 @@ class Distiller(BaseDistiller):
         )
         self.teacher = freeze(teacher)
         self.student_loss_weight = weights["student_loss_weight"]
+        self.student_loss_start_epoch = check_epoch_window("student_loss_start_epoch",
+                                                           (student_loss_start_epoch, None))[0]
         self.distillation_losses = distillation_losses
         self.distillation_loss_weights = [weights[f"weight of {name}"] for name in names]
         self.loss_names = names
@@ -172,7 +180,10 @@ class Distiller(BaseDistiller):
 
     def compute_terms(self, x, y, student_outputs, training):
         (teacher,) = self.teacher_pass(x)
-        terms = [LossTerm("student_loss", self.student_loss_weight, cross_entropy(y, student_outputs[LOGITS]))]
+        student_loss = cross_entropy(y, student_outputs[LOGITS])
+        if self.student_loss_start_epoch:
+            student_loss = in_window(student_loss, self.epoch, self.student_loss_start_epoch)
+        terms = [LossTerm("student_loss", self.student_loss_weight, student_loss)]
         for name, loss, weight in zip(self.loss_names, self.distillation_losses, self.distillation_loss_weights,
                                       strict=True):
             value = self.loss_value(name, loss, teacher, student_outputs, y, training, inputs=x)
@@ -186,6 +197,7 @@ class Distiller(BaseDistiller):
             "distillation_losses": [keras.saving.serialize_keras_object(loss) for loss in self.distillation_losses],
             "distillation_loss_weights": self.distillation_loss_weights,
             "student_loss_weight": self.student_loss_weight,
+            **({"student_loss_start_epoch": self.student_loss_start_epoch} if self.student_loss_start_epoch else {}),
             **self.base_config(),
         }
 

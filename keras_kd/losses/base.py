@@ -76,10 +76,25 @@ class DistillationLoss:
     `tf.distribute` either: distillers divide the weighted total once by the
     number of replicas, so values reported to metrics are plain batch means.
 
+    Stages: `active_epochs=(start, end)` makes the term count only while
+    `start <= context.epoch < end` (0-based epochs; `end=None`: to the end of
+    training; default: always). Outside its window the term is exactly 0,
+    with zero gradient to the student and to the loss's part, and so is its
+    metric; it is still computed (the switch is a tensor `where` on the
+    epoch, so one compiled step, XLA included, serves every epoch). A
+    pre-training stage (AB's initialisation, `ab`) is a term active in
+    `[0, n)` next to a distiller whose cross-entropy starts at epoch `n`
+    (`Distiller(student_loss_start_epoch=n)`, `method: kd` option
+    `student_loss_start_epoch`). Momentum and decoupled weight decay of the
+    optimizer still move the term's part after its window (no gradient
+    does).
+
     Args:
         teacher_layer_name: teacher layer whose output is compared; None = logits.
         student_layer_name: student layer; None = logits.
         name: metric name of the term (default: the class' `metric_name`).
+        active_epochs: `(start, end)` epoch window of the term (`end` None:
+            open-ended); None = always, the same as `(0, None)`.
     """
 
     #: Default metric name of the term.
@@ -94,6 +109,7 @@ class DistillationLoss:
         teacher_layer_name: str | None = None,
         student_layer_name: str | None = None,
         name: str | None = None,
+        active_epochs=None,
     ):
         for label, layer in (("teacher_layer_name", teacher_layer_name), ("student_layer_name", student_layer_name)):
             if layer is not None and (not isinstance(layer, str) or not layer):
@@ -103,6 +119,7 @@ class DistillationLoss:
         self.teacher_layer_name = teacher_layer_name
         self.student_layer_name = student_layer_name
         self.name = name or self.metric_name
+        self.active_epochs = check_epoch_window("active_epochs", active_epochs)
 
     @property
     def teacher_key(self) -> str:
@@ -167,7 +184,10 @@ class DistillationLoss:
         student_output = ops.cast(student_output, "float32")
         if context is None:
             context = LossContext(labels, step, epoch, training, parts, teacher_outputs, student_outputs, inputs)
-        return self.compute_loss(teacher_output, student_output, context)
+        value = self.compute_loss(teacher_output, student_output, context)
+        if getattr(self, "active_epochs", ALWAYS) == ALWAYS:
+            return value
+        return in_window(value, context.epoch, *self.active_epochs)
 
     # -- serialization ----------------------------------------------------------
 
@@ -179,6 +199,8 @@ class DistillationLoss:
             config["student_layer_name"] = self.student_layer_name
         if self.name != self.metric_name:
             config["name"] = self.name
+        if getattr(self, "active_epochs", ALWAYS) != ALWAYS:
+            config["active_epochs"] = list(self.active_epochs)
         return config
 
     @classmethod
@@ -206,6 +228,50 @@ def check_non_negative(name: str, value: float) -> float:
     if not 0 <= value < float("inf"):
         raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}.")
     return float(value)
+
+
+#: The window of a term that is always active.
+ALWAYS = (0, None)
+
+
+def check_epoch_window(name: str, window) -> tuple[int, int | None]:
+    """`(start, end)` from None (always), a pair or a 2-list; raises unless
+    `0 <= start` and `end` is None or `> start` (integers)."""
+    if window is None:
+        return ALWAYS
+    if isinstance(window, str) or not isinstance(window, (list, tuple)) or len(window) != 2:
+        raise ValueError(f"`{name}` must be (start, end) epochs (end None: to the end), got {window!r}.")
+    start, end = window
+    for label, value in (("start", start), ("end", end)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"`{name}` {label} must be an integer epoch, got {value!r}.")
+    if start is None or start < 0:
+        raise ValueError(f"`{name}` start must be an integer epoch >= 0, got {start!r}.")
+    if end is not None and end <= start:
+        raise ValueError(f"`{name}` needs start < end, got ({start}, {end}).")
+    return (int(start), None if end is None else int(end))
+
+
+def epoch_indicator(epoch, start: int, end: int | None = None):
+    """1.0 while `start <= epoch < end` (`end` None: no upper bound), else
+    0.0; a float32 tensor, so it works under `tf.function` and XLA.
+
+    >>> [float(epoch_indicator(e, 1, 3)) for e in range(4)]
+    [0.0, 1.0, 1.0, 0.0]
+    """
+    epoch = ops.cast(epoch, "float32")
+    active = epoch >= float(start)
+    if end is not None:
+        active = ops.logical_and(active, epoch < float(end))
+    return ops.cast(active, "float32")
+
+
+def in_window(value, epoch, start: int, end: int | None = None):
+    """`value` while `start <= epoch < end`, else 0 (zero gradient too: a
+    `where`, not a product, so a non-finite value outside the window does
+    not leak into the result)."""
+    active = epoch_indicator(epoch, start, end) > 0.5
+    return ops.where(active, value, ops.zeros_like(value))
 
 
 def describe(shape) -> str:

@@ -328,6 +328,7 @@ class ReviewKDLoss(DistillationLoss):
         mid_channels: int | None = None,
         warmup_epochs: int = 20,
         name: str | None = None,
+        active_epochs=None,
     ):
         if teacher_layer_names is None or student_layer_names is None:
             raise ValueError(
@@ -341,7 +342,8 @@ class ReviewKDLoss(DistillationLoss):
                 f"ReviewKDLoss pairs one teacher layer with one student layer per level; got {len(teachers)} "
                 f"teacher_layer_names {list(teachers)} and {len(students)} student_layer_names {list(students)}."
             )
-        super().__init__(teacher_layer_name=teachers[0], student_layer_name=students[0], name=name)
+        super().__init__(teacher_layer_name=teachers[0], student_layer_name=students[0], name=name,
+                         active_epochs=active_epochs)
         if mid_channels is not None and (isinstance(mid_channels, bool) or not isinstance(mid_channels, int)
                                          or mid_channels < 1):
             raise ValueError(f"`mid_channels` must be a positive integer or None, got {mid_channels!r}.")
@@ -447,6 +449,8 @@ class ReviewKDLoss(DistillationLoss):
                   "student_layer_names": list(self.student_layer_names), "warmup_epochs": self.warmup_epochs}
         if self.mid_channels is not None:
             config["mid_channels"] = self.mid_channels
-        if self.name != self.metric_name:
-            config["name"] = self.name
+        base = super().get_config()
+        for key in ("name", "active_epochs"):  # the layer names are the lists above
+            if key in base:
+                config[key] = base[key]
         return config

@@ -3,13 +3,16 @@ registered losses (Hinton KD, FitNet, AT, LP, any Keras loss...)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import pydantic
 
 from keras_kd import losses as kd_losses
 from keras_kd.distillers.logits import Distiller
 from keras_kd.registry import BuildContext, NonNegative, register_method
+
+#: A 0-based epoch.
+Epoch = Annotated[int, pydantic.Field(ge=0)]
 
 #: The default loss set: Hinton KD, T = 4, weight 0.9 (CE at 0.1), as the CRD protocol.
 DEFAULT_LOSSES = ({"name": "kd", "weight": 0.9, "temperature": 4.0},)
@@ -61,10 +64,15 @@ def build_kd(
     *,
     losses: tuple[LossSpec, ...] = DEFAULT_LOSSES,
     student_loss_weight: NonNegative = 0.1,
+    student_loss_start_epoch: Epoch = 0,
 ) -> Distiller:
     """Distill `student` from the trained `teacher` with `losses` (each
     `{name, weight, **arguments}`, e.g. `{name: hint, weight: 100,
     teacher_layer_name: stage2, student_layer_name: stage2}`).
+
+    Every loss takes `active_epochs: [start, end]` (end null: to the end);
+    `student_loss_start_epoch` starts the cross-entropy later: together they
+    run a pre-training stage inside the same run (`ab_fmnist.yaml`).
     """
     built, weights = build_losses(list(losses), context.num_examples)
     return Distiller(
@@ -73,4 +81,5 @@ def build_kd(
         distillation_losses=built,
         distillation_loss_weights=weights,
         student_loss_weight=student_loss_weight,
+        student_loss_start_epoch=student_loss_start_epoch,
     )
