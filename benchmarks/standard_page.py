@@ -163,6 +163,17 @@ def _curves_plot(curves: dict[int, list[float]], path: Path) -> Path | None:
     return path
 
 
+#: What a family's records show that their numbers alone do not (measured facts, by family).
+FAMILY_NOTES = {
+    "lp": "The paper's placement (hint layer `stage2`, raw features, weight 1.5) diverges here: the LP term "
+          "starts at about 5e4 (squared distances between 14x14x32 maps), the first updates blow the weights "
+          "up (the coupled-L2 part of the loss is still ~2.6e5 at the last epoch), and the student ends at "
+          "chance (10.00% validation and test) with the LP term at zero: collapsed features satisfy it. On "
+          "the pooled embedding the raw loss trains (90.48% validation) and L2-normalised features with "
+          "weight 10 do best (90.63%); none reaches KD with T = 4 (90.97%).",
+}
+
+
 def tuning_section(root: Path, table: dict | None = None, cells: list = ()) -> str:
     """Each family's candidates by validation accuracy (seed 0): the committed
     record of a finished family, the finished candidates of one in progress."""
@@ -176,6 +187,8 @@ def tuning_section(root: Path, table: dict | None = None, cells: list = ()) -> s
                 "| --- | ---: |"]
         rows += [f"| {key}{' (chosen)' if key == data['chosen'] else ''} | {100 * acc:.2f} |"
                  for key, acc in data["validation_accuracy"].items()]
+        if record.stem in FAMILY_NOTES:
+            rows += ["", FAMILY_NOTES[record.stem]]
         parts.append("\n".join(rows))
     families = dict.fromkeys(c.family for c in cells if c.family and c.family not in recorded)
     for family in families:
