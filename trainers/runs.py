@@ -577,6 +577,16 @@ def _train(config: RunConfig, overwrite: bool, resume: bool) -> dict:
         close_log()
 
 
+def _progress_verbosity(config: RunConfig) -> int:
+    """A live progress bar on a terminal; one final line in a log file (no
+    carriage-return updates filling it)."""
+    import sys
+
+    if not config.train.verbose:
+        return 0
+    return 1 if sys.stdout.isatty() else 2
+
+
 def teacher_cache(config: RunConfig, trainer) -> tuple:
     """`(cache or None, results entries)`: the frozen teachers' outputs for
     every view of the run (`cache.teacher_outputs`), built once under
@@ -604,7 +614,7 @@ def teacher_cache(config: RunConfig, trainer) -> tuple:
             images, labels, folder,
             preprocess=lambda batch: data.standardize(batch, config.data.source()),
             augmentation=views, epochs=epochs, dtype=cfg.dtype, top_k=cfg.top_k,
-            max_bytes=cfg.max_gigabytes * 1e9, verbose=1 if config.train.verbose else 0,
+            max_bytes=cfg.max_gigabytes * 1e9, verbose=_progress_verbosity(config),
         )
     except CacheError as error:
         if cfg.teacher_outputs == "cached":
