@@ -194,6 +194,44 @@ def crd_memory_step():
 ok = crd_memory_step() and ok
 
 
+def staged_parts_step():
+    """AB's connectors and FT's paraphraser/translator (with the encoder copy
+    frozen at the end of the paraphraser stage) under MirroredStrategy: two
+    epochs crossing the stage boundary leave every variable of the distiller
+    identical on both replicas, and the stages switch (FT's metric changes meaning)."""
+    with mirrored_strategy.scope():
+        keras.utils.set_random_seed(0)
+        distiller = Distiller(
+            teacher=bn_free(8, "teacher"), student=bn_free(4, "student"), student_loss_weight=1.0,
+            distillation_losses=[
+                losses.get("ab", teacher_layer_names=["stage1", "stage2"], student_layer_names=["stage1", "stage2"],
+                           always_connect=True, active_epochs=(0, 1)),
+                losses.get("ft", teacher_layer_name="stage2", student_layer_name="stage2", paraphraser_epochs=1),
+            ],
+            distillation_loss_weights=[1.0, 1.0],
+        )
+        distiller.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), jit_compile=False)
+    history = distiller.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(16), epochs=2, verbose=0).history
+    # Plain BatchNormalization keeps per-replica moving statistics (PLATFORM_NOTES); everything
+    # else (weights, optimizer-free state such as FT's frozen encoder copy) must agree exactly.
+    checked = [v for v in distiller.variables if not v.path.endswith(("moving_mean", "moving_variance"))]
+    worst, count = 0.0, 0
+    for variable in checked:
+        copies = [np.asarray(c) for c in mirrored_strategy.experimental_local_results(variable.value)]
+        count += len(copies) == 2
+        worst = max([worst] + [float(np.abs(c - copies[0]).max()) for c in copies[1:]])
+    finite = all(np.isfinite(v).all() for v in history.values())
+    frozen = [v for v in checked if "frozen_enc" in v.path]
+    finite = finite and len(frozen) > 0 and all(np.abs(np.asarray(v)).max() > 0 for v in frozen)  # copied
+    print(f"staged parts: {count} of {len(checked)} variables on 2 replicas, max difference between replicas {worst:.3g}; finite {finite}; "
+          f"ab_loss by epoch {[round(v, 4) for v in history['ab_loss']]}")
+    return (count == len(checked) and worst == 0.0 and finite and history["ab_loss"][1] == 0.0
+            and history["ab_loss"][0] > 0)
+
+
+ok = staged_parts_step() and ok
+
+
 def linear(name):
     # No ReLU: oneDNN's fused conv+relu maps NaN to 0, which would hide the NaN.
     return keras.Sequential([keras.Input((12, 12, 1)), keras.layers.Flatten(), keras.layers.Dense(10)], name=name)

@@ -11,3 +11,4 @@ def test_mirrored_strategy_step_matches_single_device():
     assert result.stdout.count("unchanged True; iterations 1") == 2
     assert "label 17 at step 1" in result.stdout
     assert result.stdout.count("copies, max difference from the gathered update") == 2
+    assert "max difference between replicas 0; finite True" in result.stdout
