@@ -3,7 +3,8 @@ logical CPUs under MirroredStrategy must equal the same step on one device,
 for every trainer whose terms are batch means (Distiller + KD, AT and a hint
 regressor; VID with its learned variances), Supervised, EnsembleDistiller,
 OnlineEnsembleDistiller, and for
-batches that carry cached teacher outputs (Distiller, EnsembleDistiller).
+batches that carry cached teacher outputs (Distiller, EnsembleDistiller);
+AB + FT parts across their stage boundary stay identical on both replicas.
 BatchNorm-free models, so per-replica batch statistics cannot differ. Then a
 NaN seen by ONE replica only must stop the step on BOTH (the checks are
 all-reduced): no weight, slot or iteration count changes anywhere."""
