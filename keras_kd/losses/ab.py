@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from keras_kd.losses.base import DistillationLoss, LossContext, describe
+from keras_kd.losses.base import LayerLevelsLoss, LossContext, describe
 from keras_kd.registry import PRETRAIN_EPOCHS, SuiteRow, register_loss
 
 #: RepDistiller's margin `m` (`ABLoss(margin=1.0)`).
@@ -91,17 +91,6 @@ class ABConnector(keras.layers.Layer):
         return {**super().get_config(), "teacher_shapes": self.teacher_shapes, "always": self.always}
 
 
-def _check_names(key: str, names) -> tuple[str, ...]:
-    if isinstance(names, str) or not isinstance(names, (list, tuple)) or not names:
-        raise ValueError(f"`{key}` must be a non-empty list of layer names, shallow to deep, got {names!r}.")
-    for name in names:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"`{key}` must hold layer names, got {name!r} in {list(names)!r}.")
-    if len(set(names)) != len(names):
-        raise ValueError(f"`{key}` names a layer twice: {list(names)!r}.")
-    return tuple(names)
-
-
 @register_loss(
     "ab",
     SuiteRow(
@@ -111,7 +100,7 @@ def _check_names(key: str, names) -> tuple[str, ...]:
         student_loss_weight=1.0, order=15, pretrain_fraction=0.25,
     ),
 )
-class ABLoss(DistillationLoss):
+class ABLoss(LayerLevelsLoss):
     """Activation-boundary transfer: the student's neurons learn to be
     active exactly where the teacher's are, by a margin.
 
@@ -183,6 +172,8 @@ class ABLoss(DistillationLoss):
     """
 
     metric_name = "ab_loss"
+    levels_description = "several pre-activation layers"
+    levels_example = "['stage1_block2_add', 'stage2_block2_add', 'stage3_block2_add'] for a ResNet20"
 
     def __init__(
         self,
@@ -193,35 +184,12 @@ class ABLoss(DistillationLoss):
         name: str | None = None,
         active_epochs=None,
     ):
-        if teacher_layer_names is None or student_layer_names is None:
-            raise ValueError(
-                "ABLoss reads several pre-activation layers of each network: give teacher_layer_names and "
-                "student_layer_names, shallow to deep (e.g. ['stage1_block2_add', 'stage2_block2_add', "
-                "'stage3_block2_add'] for a ResNet20)."
-            )
-        teachers = _check_names("teacher_layer_names", teacher_layer_names)
-        students = _check_names("student_layer_names", student_layer_names)
-        if len(teachers) != len(students):
-            raise ValueError(
-                f"ABLoss pairs one teacher layer with one student layer per level; got {len(teachers)} "
-                f"teacher_layer_names {list(teachers)} and {len(students)} student_layer_names {list(students)}."
-            )
-        super().__init__(teacher_layer_name=teachers[0], student_layer_name=students[0], name=name,
-                         active_epochs=active_epochs)
+        super().__init__(teacher_layer_names, student_layer_names, name=name, active_epochs=active_epochs)
         if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 < margin < float("inf"):
             raise ValueError(f"`margin` must be a finite number > 0, got {margin!r}.")
-        self.teacher_layer_names, self.student_layer_names = teachers, students
         self.margin = float(margin)
         self.always_connect = bool(always_connect)
         self._bound_shapes = None
-
-    @property
-    def teacher_keys(self) -> tuple[str, ...]:
-        return self.teacher_layer_names
-
-    @property
-    def student_keys(self) -> tuple[str, ...]:
-        return self.student_layer_names
 
     # -- shapes and parts --------------------------------------------------------
 
@@ -279,18 +247,9 @@ class ABLoss(DistillationLoss):
 
     # -- the loss ----------------------------------------------------------------
 
-    def _gather(self, primary, outputs: dict, names: tuple[str, ...], role: str) -> list:
-        found = [primary]
-        for name in names[1:]:
-            if name not in outputs:
-                raise ValueError(f"ABLoss reads the {role}'s layer {name!r} from the context: pass "
-                                 f"{role}_outputs={{{name!r}: ...}} (distillers do).")
-            found.append(ops.cast(outputs[name], "float32"))
-        return found
-
     def compute_loss(self, teacher_output, student_output, context: LossContext):
-        teachers = self._gather(teacher_output, context.teacher_outputs, self.teacher_layer_names, "teacher")
-        students = self._gather(student_output, context.student_outputs, self.student_layer_names, "student")
+        teachers = self.gather(teacher_output, context.teacher_outputs, self.teacher_layer_names, "teacher")
+        students = self.gather(student_output, context.student_outputs, self.student_layer_names, "student")
         if context.parts is not None:
             students = [ops.cast(s, "float32") for s in context.parts(students, training=context.training)]
         total = 0.0
@@ -304,11 +263,4 @@ class ABLoss(DistillationLoss):
         return total
 
     def get_config(self) -> dict:
-        config = {"teacher_layer_names": list(self.teacher_layer_names),
-                  "student_layer_names": list(self.student_layer_names), "margin": self.margin,
-                  "always_connect": self.always_connect}
-        if self.name != self.metric_name:
-            config["name"] = self.name
-        if self.active_epochs != (0, None):
-            config["active_epochs"] = list(self.active_epochs)
-        return config
+        return {**super().get_config(), "margin": self.margin, "always_connect": self.always_connect}

@@ -230,6 +230,77 @@ def check_non_negative(name: str, value: float) -> float:
     return float(value)
 
 
+def check_layer_names(key: str, names) -> tuple[str, ...]:
+    """A non-empty list of distinct layer names (shallow to deep) as a tuple."""
+    if isinstance(names, str) or not isinstance(names, (list, tuple)) or not names:
+        raise ValueError(f"`{key}` must be a non-empty list of layer names, shallow to deep, got {names!r}.")
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"`{key}` must hold layer names, got {name!r} in {list(names)!r}.")
+    if len(set(names)) != len(names):
+        raise ValueError(f"`{key}` names a layer twice: {list(names)!r}.")
+    return tuple(names)
+
+
+class LayerLevelsLoss(DistillationLoss):
+    """Base of a loss that pairs one teacher layer with one student layer per
+    level (`teacher_layer_names[i]` with `student_layer_names[i]`, shallow to
+    deep; AB, ReviewKD): checks the lists, reads every level in the one
+    forward pass (`teacher_keys`/`student_keys`) and serializes them. The
+    first level is the base class's `teacher_layer_name`/`student_layer_name`;
+    `gather` collects the others from the loss context."""
+
+    #: In the error for missing lists: what the loss reads and an example.
+    levels_description = "several layers"
+    levels_example = "['stage1', 'stage2', 'stage3']"
+
+    def __init__(self, teacher_layer_names=None, student_layer_names=None, name: str | None = None,
+                 active_epochs=None):
+        label = type(self).__name__
+        if teacher_layer_names is None or student_layer_names is None:
+            raise ValueError(
+                f"{label} reads {self.levels_description} of each network: give teacher_layer_names and "
+                f"student_layer_names, shallow to deep (e.g. {self.levels_example})."
+            )
+        teachers = check_layer_names("teacher_layer_names", teacher_layer_names)
+        students = check_layer_names("student_layer_names", student_layer_names)
+        if len(teachers) != len(students):
+            raise ValueError(
+                f"{label} pairs one teacher layer with one student layer per level; got {len(teachers)} "
+                f"teacher_layer_names {list(teachers)} and {len(students)} student_layer_names {list(students)}."
+            )
+        super().__init__(teacher_layer_name=teachers[0], student_layer_name=students[0], name=name,
+                         active_epochs=active_epochs)
+        self.teacher_layer_names, self.student_layer_names = teachers, students
+
+    @property
+    def teacher_keys(self) -> tuple[str, ...]:
+        return self.teacher_layer_names
+
+    @property
+    def student_keys(self) -> tuple[str, ...]:
+        return self.student_layer_names
+
+    def gather(self, primary, outputs: dict, names: tuple[str, ...], role: str) -> list:
+        """`[primary, outputs[names[1]], ...]`: every level of one network, float32."""
+        found = [primary]
+        for name in names[1:]:
+            if name not in outputs:
+                raise ValueError(f"{type(self).__name__} reads the {role}'s layer {name!r} from the context: pass "
+                                 f"{role}_outputs={{{name!r}: ...}} (distillers do).")
+            found.append(ops.cast(outputs[name], "float32"))
+        return found
+
+    def get_config(self) -> dict:
+        config = {"teacher_layer_names": list(self.teacher_layer_names),
+                  "student_layer_names": list(self.student_layer_names)}
+        base = super().get_config()
+        for key in ("name", "active_epochs"):  # the first level is in the lists above
+            if key in base:
+                config[key] = base[key]
+        return config
+
+
 #: The window of a term that is always active.
 ALWAYS = (0, None)
 

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_kd.losses.base import DistillationLoss, LossContext, describe
+from keras_kd.losses.base import LayerLevelsLoss, LossContext, describe
 from keras_kd.models.layers import BN_EPSILON, BN_MOMENTUM
 from keras_kd.registry import SuiteRow, register_loss
 
@@ -219,17 +219,6 @@ class ReviewKDFusion(keras.layers.Layer):
         return {**super().get_config(), "teacher_shapes": self.teacher_shapes, "mid_channels": self.mid_channels}
 
 
-def _check_names(key: str, names) -> tuple[str, ...]:
-    if isinstance(names, str) or not isinstance(names, (list, tuple)) or not names:
-        raise ValueError(f"`{key}` must be a non-empty list of layer names, shallow to deep, got {names!r}.")
-    for name in names:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"`{key}` must hold layer names, got {name!r} in {list(names)!r}.")
-    if len(set(names)) != len(names):
-        raise ValueError(f"`{key}` names a layer twice: {list(names)!r}.")
-    return tuple(names)
-
-
 @register_loss(
     "reviewkd",
     SuiteRow("ReviewKD (stages 1-3 + embedding, 20-epoch warm-up)",
@@ -237,7 +226,7 @@ def _check_names(key: str, names) -> tuple[str, ...]:
                "student_layer_names": list(ZOO_STUDENT_LAYERS)},),
              student_loss_weight=1.0, order=14),
 )
-class ReviewKDLoss(DistillationLoss):
+class ReviewKDLoss(LayerLevelsLoss):
     """Knowledge review: every student level, fused with the deeper ones,
     learns the teacher's map of that level.
 
@@ -320,6 +309,7 @@ class ReviewKDLoss(DistillationLoss):
     """
 
     metric_name = "reviewkd_loss"
+    levels_example = "['stage1', 'stage2', 'stage3', 'embedding']"
 
     def __init__(
         self,
@@ -330,37 +320,15 @@ class ReviewKDLoss(DistillationLoss):
         name: str | None = None,
         active_epochs=None,
     ):
-        if teacher_layer_names is None or student_layer_names is None:
-            raise ValueError(
-                "ReviewKDLoss reads several layers of each network: give teacher_layer_names and "
-                "student_layer_names, shallow to deep (e.g. ['stage1', 'stage2', 'stage3', 'embedding'])."
-            )
-        teachers = _check_names("teacher_layer_names", teacher_layer_names)
-        students = _check_names("student_layer_names", student_layer_names)
-        if len(teachers) != len(students):
-            raise ValueError(
-                f"ReviewKDLoss pairs one teacher layer with one student layer per level; got {len(teachers)} "
-                f"teacher_layer_names {list(teachers)} and {len(students)} student_layer_names {list(students)}."
-            )
-        super().__init__(teacher_layer_name=teachers[0], student_layer_name=students[0], name=name,
-                         active_epochs=active_epochs)
+        super().__init__(teacher_layer_names, student_layer_names, name=name, active_epochs=active_epochs)
         if mid_channels is not None and (isinstance(mid_channels, bool) or not isinstance(mid_channels, int)
                                          or mid_channels < 1):
             raise ValueError(f"`mid_channels` must be a positive integer or None, got {mid_channels!r}.")
         if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
             raise ValueError(f"`warmup_epochs` must be an integer >= 0, got {warmup_epochs!r}.")
-        self.teacher_layer_names, self.student_layer_names = teachers, students
         self.mid_channels = mid_channels
         self.warmup_epochs = warmup_epochs
         self._bound_shapes = None
-
-    @property
-    def teacher_keys(self) -> tuple[str, ...]:
-        return self.teacher_layer_names
-
-    @property
-    def student_keys(self) -> tuple[str, ...]:
-        return self.student_layer_names
 
     # -- shapes and parts --------------------------------------------------------
 
@@ -425,32 +393,18 @@ class ReviewKDLoss(DistillationLoss):
             return ops.convert_to_tensor(1.0)
         return ops.minimum((ops.cast(epoch, "float32") + 1.0) / float(self.warmup_epochs), 1.0)
 
-    def _gather(self, primary, outputs: dict, names: tuple[str, ...], role: str) -> list:
-        found = [primary]
-        for name in names[1:]:
-            if name not in outputs:
-                raise ValueError(f"ReviewKDLoss reads the {role}'s layer {name!r} from the context: pass "
-                                 f"{role}_outputs={{{name!r}: ...}} (distillers do).")
-            found.append(ops.cast(outputs[name], "float32"))
-        return found
-
     def compute_loss(self, teacher_output, student_output, context: LossContext):
         if context.parts is None:
             raise ValueError("ReviewKDLoss needs its ABFs: pass parts=loss.build_fusion(...) (distillers do).")
-        teachers = self._gather(teacher_output, context.teacher_outputs, self.teacher_layer_names, "teacher")
-        students = self._gather(student_output, context.student_outputs, self.student_layer_names, "student")
+        teachers = self.gather(teacher_output, context.teacher_outputs, self.teacher_layer_names, "teacher")
+        students = self.gather(student_output, context.student_outputs, self.student_layer_names, "student")
         self._level_shapes(dict(zip(self.teacher_layer_names, (t.shape for t in teachers), strict=True)),
                            dict(zip(self.student_layer_names, (s.shape for s in students), strict=True)))
         fused = [ops.cast(f, "float32") for f in context.parts(students, training=context.training)]
         return self.warmup_factor(context.epoch) * hcl_loss(fused, teachers)
 
     def get_config(self) -> dict:
-        config = {"teacher_layer_names": list(self.teacher_layer_names),
-                  "student_layer_names": list(self.student_layer_names), "warmup_epochs": self.warmup_epochs}
+        config = {**super().get_config(), "warmup_epochs": self.warmup_epochs}
         if self.mid_channels is not None:
             config["mid_channels"] = self.mid_channels
-        base = super().get_config()
-        for key in ("name", "active_epochs"):  # the layer names are the lists above
-            if key in base:
-                config[key] = base[key]
         return config
