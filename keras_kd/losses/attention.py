@@ -21,12 +21,14 @@ def _common_size(teacher_shape, student_shape) -> tuple[int, int]:
     return min(teacher_shape[1], student_shape[1]), min(teacher_shape[2], student_shape[2])
 
 
-def check_poolable_maps(method: str, teacher_shape, student_shape) -> tuple[int, int]:
+def check_poolable_maps(method: str, teacher_shape, student_shape, pair: str | None = None,
+                        requirement: str = "(batch, H, W, C) feature maps") -> tuple[int, int]:
     """The common (H, W) two (batch, H, W, C) maps are average-pooled to;
-    raises unless both are 4-D maps that pool to it evenly."""
-    pair = f"teacher {describe(teacher_shape)} and student {describe(student_shape)}"
+    raises unless both are 4-D maps that pool to it evenly. `pair` names the
+    two maps in errors (default: the teacher's and the student's shapes)."""
+    pair = pair or f"teacher {describe(teacher_shape)} and student {describe(student_shape)}"
     if len(teacher_shape) != 4 or len(student_shape) != 4:
-        raise ValueError(f"{method} needs (batch, H, W, C) feature maps; got {pair}.")
+        raise ValueError(f"{method} needs {requirement}; got {pair}.")
     size = _common_size(teacher_shape, student_shape)
     for shape in (teacher_shape, student_shape):
         h, w = shape[1], shape[2]

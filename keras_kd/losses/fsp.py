@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from keras import ops
 
-from keras_kd.losses.attention import _common_size, _pool_to
+from keras_kd.losses.attention import _pool_to, check_poolable_maps
 from keras_kd.losses.base import DistillationLoss, LossContext, describe
 from keras_kd.registry import SuiteRow, register_loss
 
@@ -16,14 +16,8 @@ def _pair_size(role: str, names: tuple[str, str], first_shape, second_shape) -> 
     """The common (H, W) of one network's two maps; raises unless both are
     (batch, H, W, C) maps and the larger pools evenly to the smaller."""
     pair = f"{role} {names[0]!r} {describe(first_shape)} and {names[1]!r} {describe(second_shape)}"
-    if len(first_shape) != 4 or len(second_shape) != 4:
-        raise ValueError(f"FSP needs two (batch, H, W, C) feature maps of each network; got {pair}.")
-    size = _common_size(first_shape, second_shape)
-    for shape in (first_shape, second_shape):
-        h, w = shape[1], shape[2]
-        if h % size[0] or w % size[1] or h // size[0] != w // size[1]:
-            raise ValueError(f"FSP cannot pool {pair} to a common {size[0]}x{size[1]} map.")
-    return size
+    return check_poolable_maps("FSP", first_shape, second_shape, pair,
+                               requirement="two (batch, H, W, C) feature maps of each network")
 
 
 def fsp_matrix(first, second):
