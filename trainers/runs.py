@@ -467,9 +467,10 @@ def _epochs_done(run_dir: Path) -> int:
     return len({line.split(",", 1)[0] for line in lines[1:] if line and line[0].isdigit()})
 
 
-def _results(run_dir: Path, trainer, test, train_time: float, extra: dict) -> dict:
-    """Size and final test accuracy of the trained (deployable) model, plus
-    every other accuracy the trainer reports (branches, students)."""
+def _results(run_dir: Path, trainer, test, train_time: float, extra: dict, class_names: tuple[str, ...]) -> dict:
+    """Size, final test accuracy and per-class test accuracy of the trained
+    (deployable) model, plus every other accuracy the trainer reports
+    (branches, students)."""
     model = trainer.deployable()
     summary = models.summarize(model)
     results = {
@@ -480,6 +481,7 @@ def _results(run_dir: Path, trainer, test, train_time: float, extra: dict) -> di
         **_accuracies(trainer, test, "test"),
         "train_time_s": round(train_time, 1),
         **extra,
+        "test_class_accuracy": class_accuracies(model, test, class_names),
     }
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
     LOG.info("results: %s", json.dumps(results), extra=FILE_ONLY)
@@ -565,8 +567,7 @@ def _train(config: RunConfig, overwrite: bool, resume: bool) -> dict:
             extra["teachers"] = [section.path for section in config.teachers]
         if monitor is not test:
             extra.update(_accuracies(trainer, monitor, "validation"))
-        extra["test_class_accuracy"] = class_accuracies(trainer.deployable(), test, class_names)
-        results = _results(run_dir, trainer, test, seconds, extra)
+        results = _results(run_dir, trainer, test, seconds, extra, class_names)
         reports = trainer.write_reports(run_dir, results)
         if reports:
             results.update(reports)
