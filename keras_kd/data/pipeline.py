@@ -174,7 +174,7 @@ def _class_names(source: DataSource, count: int) -> tuple[str, ...]:
     if source.name == "folder":
         return _folder_arrays(source, "train")[2]
     if source.name == "npz":
-        names = sources.read_npz(source.path).get("class_names")
+        names = _npz_content(source.path).get("class_names")
         if names is not None:
             names = tuple(str(n) for n in np.asarray(names).reshape(-1))
             if len(names) < count:
@@ -212,6 +212,12 @@ def _folder_arrays(source: DataSource, split: str):
     return sources.read_image_folder(folder, source.image_size, source.channels, class_names)
 
 
+@functools.lru_cache(maxsize=1)
+def _npz_content(path: str) -> dict:
+    """An .npz source read once for its train split, test split and class names."""
+    return sources.read_npz(path)
+
+
 def _own_split(source: DataSource, split: str):
     """(images, labels) of the source's own train or test split."""
     name = source.name
@@ -226,7 +232,7 @@ def _own_split(source: DataSource, split: str):
             raise ValueError("An image folder needs `test_path` (a folder with the same classes) or `test_fraction`.")
         return _folder_arrays(source, split)[:2]
     if name == "npz":
-        content = sources.read_npz(source.path)
+        content = _npz_content(source.path)
         return content[f"x_{split}"], content[f"y_{split}"]
     return sources.load_tfds(name[5:], split, source.data_dir, source.image_size)
 
