@@ -174,6 +174,8 @@ class ABLoss(LayerLevelsLoss):
     metric_name = "ab_loss"
     levels_description = "several pre-activation layers"
     levels_example = "['stage1_block2_add', 'stage2_block2_add', 'stage3_block2_add'] for a ResNet20"
+    parts_builder = "build_connector"
+    parts_noun = "its connectors"
 
     def __init__(
         self,
@@ -189,7 +191,6 @@ class ABLoss(LayerLevelsLoss):
             raise ValueError(f"`margin` must be a finite number > 0, got {margin!r}.")
         self.margin = float(margin)
         self.always_connect = bool(always_connect)
-        self._bound_shapes = None
 
     # -- shapes and parts --------------------------------------------------------
 
@@ -224,9 +225,6 @@ class ABLoss(LayerLevelsLoss):
                 raise ValueError(f"AB needs (batch, H, W, C) pre-activation maps; the {role}'s {name!r} is "
                                  f"{describe(shape)}.")
 
-    def check_tapped_shapes(self, teacher_shapes, student_shapes):
-        self._bound_shapes = self._level_shapes(teacher_shapes, student_shapes)
-
     def build_connector(self, teacher_shapes: dict, student_shapes: dict) -> ABConnector | None:
         """The built `ABConnector` for outputs of these shapes (`{layer: shape with batch}`); None when
         every level is an identity."""
@@ -236,14 +234,6 @@ class ABLoss(LayerLevelsLoss):
         connector = ABConnector([t[1:] for t in teachers], always=self.always_connect)
         connector.build(students)
         return connector
-
-    def build_parts(self, teacher_shape, student_shape):
-        if self._bound_shapes is None:
-            raise ValueError("ABLoss builds its connectors from every level's shape: call check_tapped_shapes "
-                             "first, or use build_connector(teacher_shapes, student_shapes).")
-        teachers, students = self._bound_shapes
-        return self.build_connector(dict(zip(self.teacher_layer_names, teachers, strict=True)),
-                                    dict(zip(self.student_layer_names, students, strict=True)))
 
     # -- the loss ----------------------------------------------------------------
 

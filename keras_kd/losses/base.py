@@ -281,6 +281,29 @@ class LayerLevelsLoss(DistillationLoss):
     def student_keys(self) -> tuple[str, ...]:
         return self.student_layer_names
 
+    #: A loss with a trainable part over every level names the method that builds it
+    #: from `{layer: shape with batch}` of both networks, and what that part is.
+    parts_builder: str | None = None
+    parts_noun = "parts"
+
+    def _level_shapes(self, teacher_shapes: dict, student_shapes: dict) -> tuple[list, list]:
+        """Every level's (teacher, student) shapes, checked (subclasses)."""
+        raise NotImplementedError
+
+    def check_tapped_shapes(self, teacher_shapes, student_shapes):
+        self._level_shapes(teacher_shapes, student_shapes)
+        # `build_parts` sees the first level only: its part is built from these.
+        self._bound_shapes = ({k: teacher_shapes[k] for k in self.teacher_layer_names},
+                              {k: student_shapes[k] for k in self.student_layer_names})
+
+    def build_parts(self, teacher_shape, student_shape):
+        if self.parts_builder is None:
+            return None
+        if getattr(self, "_bound_shapes", None) is None:
+            raise ValueError(f"{type(self).__name__} builds {self.parts_noun} from every level's shape: call "
+                             f"check_tapped_shapes first, or use {self.parts_builder}(teacher_shapes, student_shapes).")
+        return getattr(self, self.parts_builder)(*self._bound_shapes)
+
     def gather(self, primary, outputs: dict, names: tuple[str, ...], role: str) -> list:
         """`[primary, outputs[names[1]], ...]`: every level of one network, float32."""
         found = [primary]

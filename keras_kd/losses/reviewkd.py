@@ -310,6 +310,8 @@ class ReviewKDLoss(LayerLevelsLoss):
 
     metric_name = "reviewkd_loss"
     levels_example = "['stage1', 'stage2', 'stage3', 'embedding']"
+    parts_builder = "build_fusion"
+    parts_noun = "its ABFs"
 
     def __init__(
         self,
@@ -328,7 +330,6 @@ class ReviewKDLoss(LayerLevelsLoss):
             raise ValueError(f"`warmup_epochs` must be an integer >= 0, got {warmup_epochs!r}.")
         self.mid_channels = mid_channels
         self.warmup_epochs = warmup_epochs
-        self._bound_shapes = None
 
     # -- shapes and parts --------------------------------------------------------
 
@@ -360,9 +361,6 @@ class ReviewKDLoss(LayerLevelsLoss):
                     f"ReviewKD needs (batch, H, W, C) maps or pooled (batch, C) features; the {role}'s {name!r} "
                     f"is {describe(shape)}.")
 
-    def check_tapped_shapes(self, teacher_shapes, student_shapes):
-        self._bound_shapes = self._level_shapes(teacher_shapes, student_shapes)
-
     def default_mid_channels(self, student_shapes) -> int:
         return self.mid_channels or min(MAX_MID_CHANNELS, int(student_shapes[-1][-1]))
 
@@ -372,14 +370,6 @@ class ReviewKDLoss(LayerLevelsLoss):
         fusion = ReviewKDFusion([(*_map_size(s), int(s[-1])) for s in teachers], self.default_mid_channels(students))
         fusion.build(students)
         return fusion
-
-    def build_parts(self, teacher_shape, student_shape):
-        if self._bound_shapes is None:
-            raise ValueError("ReviewKDLoss builds its ABFs from every level's shape: call check_tapped_shapes first, "
-                             "or use build_fusion(teacher_shapes, student_shapes).")
-        teachers, students = self._bound_shapes
-        return self.build_fusion(dict(zip(self.teacher_layer_names, teachers, strict=True)),
-                                 dict(zip(self.student_layer_names, students, strict=True)))
 
     # -- the loss ----------------------------------------------------------------
 
