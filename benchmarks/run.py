@@ -116,22 +116,13 @@ class Cell:
     tuned: str | None = None  # this row takes the overrides of the best candidate of that family
 
 
-def _fill_stage(value, stage: int):
-    """`value` with every `registry.PRETRAIN_EPOCHS` placeholder replaced by `stage`."""
-    if isinstance(value, list):
-        return [_fill_stage(v, stage) for v in value]
-    return stage if value == registry.PRETRAIN_EPOCHS else value
-
-
 def loss_cells(p: Protocol) -> list[Cell]:
     """One `features` row per registered loss that declares a `SuiteRow`; a
     pre-training stage (AB, FT) takes the row's fraction of the protocol's epochs."""
     rows = []
     for name, row in registry.suite_rows():
-        stage = max(1, round(row.pretrain_fraction * p.epochs)) if row.pretrain_fraction else 0
-
-        entries = [{"name": name, **{k: _fill_stage(v, stage) for k, v in entry.items()}} for entry in row.losses]
-        overrides = (_losses(*entries), f"method.student_loss_weight={row.student_loss_weight}",
+        stage = row.stage_epochs(p.epochs)
+        overrides = (_losses(*row.loss_specs(name, p.epochs)), f"method.student_loss_weight={row.student_loss_weight}",
                      *((f"method.student_loss_start_epoch={stage}",) if stage else ()))
         rows.append(Cell("features", row.key or name, row.label, "distill", "kd_fmnist.yaml", overrides))
     return rows

@@ -24,7 +24,8 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmarks.report import write_section  # noqa: E402
-from keras_kd import Distiller, EnsembleDistiller, Supervised, data, losses, models  # noqa: E402
+from keras_kd import Distiller, EnsembleDistiller, Supervised, data, losses, models, registry  # noqa: E402
+from keras_kd.methods.kd import build_losses  # noqa: E402
 
 CE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 # Keras' jit_compile="auto" turns XLA on for these models even on CPU, where
@@ -103,39 +104,20 @@ def configurations(teacher, input_shape):
         model.compile(optimizer="sgd", loss=CE, jit_compile=JIT)
         return model
 
-    return {
+    configs = {
         "plain student fit (resnet8)": (plain, "fit"),
         "teacher inference (resnet20)": (lambda: teacher, "predict"),
         "keras_kd logit KD": (ours(), "fit"),
-        "keras_kd FitNet hint (stage2)": (
-            ours([losses.HintLoss(teacher_layer_name="stage2", student_layer_name="stage2")], [100.0], 1.0), "fit"
-        ),
-        "keras_kd attention transfer (stages 1-3)": (
-            ours([losses.AttentionTransferLoss(teacher_layer_name=f"stage{i}", student_layer_name=f"stage{i}")
-                  for i in (1, 2, 3)], [1000.0] * 3, 1.0),
-            "fit",
-        ),
-        "keras_kd locality-preserving (embedding)": (
-            ours([losses.LocalityPreservingLoss(5, teacher_layer_name="embedding", student_layer_name="embedding")],
-                 [1.5], 1.0),
-            "fit",
-        ),
-        "keras_kd DKD (logits + labels)": (ours([losses.DecoupledKDLoss()], [1.0], 1.0), "fit"),
-        "keras_kd SP (stage3 Gram)": (
-            ours([losses.SimilarityPreservingLoss(teacher_layer_name="stage3", student_layer_name="stage3")],
-                 [3000.0], 1.0), "fit"),
-        "keras_kd PKT (embedding)": (
-            ours([losses.PKTLoss(teacher_layer_name="embedding", student_layer_name="embedding")], [30000.0], 1.0),
-            "fit"),
-        "keras_kd RKD (embedding, distance + angle)": (
-            ours([losses.RKDLoss(teacher_layer_name="embedding", student_layer_name="embedding")], [1.0], 1.0),
-            "fit"),
-        "keras_kd NST (stages 1-3)": (
-            ours([losses.NSTLoss(teacher_layer_name=f"stage{i}", student_layer_name=f"stage{i}") for i in (1, 2, 3)],
-                 [50.0] * 3, 1.0), "fit"),
-        "keras.distillation logits": (keras_logits, "fit"),
-        "keras.distillation logits + FeatureDistillation": (keras_features, "fit"),
     }
+    for name, row in registry.suite_rows():
+        if name == "kd" or getattr(losses.loss_class(name), "needs_sample_index", False):
+            continue  # logit KD is the reference above; memory-bank losses need indexed batches (crd_configurations)
+        # A pre-training stage (AB, FT) switches terms on and off inside the same compiled step: same cost.
+        built, weights = build_losses(row.loss_specs(name, epochs=4))
+        configs[f"keras_kd {row.label}"] = (ours(built, weights, row.student_loss_weight), "fit")
+    configs["keras.distillation logits"] = (keras_logits, "fit")
+    configs["keras.distillation logits + FeatureDistillation"] = (keras_features, "fit")
+    return configs
 
 
 ENSEMBLE_TEACHERS = ("resnet20", "wrn_16_1", "cnn")

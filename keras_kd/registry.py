@@ -56,6 +56,22 @@ class SuiteRow:
     #: starts after it (`student_loss_start_epoch`).
     pretrain_fraction: float = 0.0
 
+    def stage_epochs(self, epochs: int) -> int:
+        """Length of the pre-training stage in a schedule of `epochs` (0: none)."""
+        return max(1, round(self.pretrain_fraction * epochs)) if self.pretrain_fraction else 0
+
+    def loss_specs(self, name: str, epochs: int) -> list[dict]:
+        """The row's `losses` entries for a schedule of `epochs`: each with the
+        loss `name`, `PRETRAIN_EPOCHS` placeholders replaced by the stage length."""
+        stage = self.stage_epochs(epochs)
+
+        def fill(value):
+            if isinstance(value, (list, tuple)):
+                return [fill(v) for v in value]
+            return stage if value == PRETRAIN_EPOCHS else value
+
+        return [{"name": name, **{key: fill(value) for key, value in entry.items()}} for entry in self.losses]
+
 
 #: Placeholder in `SuiteRow.losses` for the epoch the pre-training stage ends.
 PRETRAIN_EPOCHS = "<pretrain_epochs>"

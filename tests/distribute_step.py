@@ -189,7 +189,12 @@ def crd_memory_step():
         worst = max(float(np.abs(c - expected).max()) for c in copies)
         print(f"crd {name}: {len(copies)} copies, max difference from the gathered update {worst:.3g}")
         ok = ok and len(copies) == 2 and worst < 1e-5
-    return ok
+    expected_labels = np.full(40, -1)
+    expected_labels[index] = y[:16]
+    label_copies = [np.asarray(c) for c in part.memory_labels.value.values]
+    same = all(np.array_equal(c, expected_labels) for c in label_copies)
+    print(f"crd memory_labels: {len(label_copies)} copies, equal to the gathered labels: {same}")
+    return ok and same
 
 
 ok = crd_memory_step() and ok

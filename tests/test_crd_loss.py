@@ -14,11 +14,13 @@ def unit(x):
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def np_nce(scores, num_samples, eps=1e-7):
-    k_pn = (scores.shape[1] - 1) / num_samples
-    log_d1 = np.log(scores[:, 0] / (scores[:, 0] + k_pn + eps))
-    log_d0 = np.log(k_pn / (scores[:, 1:] + k_pn + eps))
-    return -(log_d1.sum() + log_d0.sum()) / len(scores)
+def np_nce(scores, num_negatives, num_samples, mask):
+    """The authors' NCE written from the paper: column 0 of `scores` is the
+    positive P, the others the negatives; D1 = P / (P + K Pn), D0 = K Pn / (P + K Pn)."""
+    k_pn = num_negatives / num_samples
+    log_d1 = np.log(scores[:, 0] / (scores[:, 0] + k_pn))
+    log_d0 = np.log(k_pn / (scores[:, 1:] + k_pn))
+    return -(log_d1.sum() + (log_d0 * mask).sum()) / len(scores)
 
 
 def embeddings(part, teacher, student):
@@ -28,34 +30,71 @@ def embeddings(part, teacher, student):
     return v_t, v_s
 
 
-def test_crd_matches_numpy_and_updates_the_memory_with_momentum():
-    rng = np.random.default_rng(0)
-    n, batch, negatives, t = 30, 5, 7, 0.07
-    loss = losses.CRDLoss(num_samples=n, feature_dim=6, num_negatives=negatives, momentum=0.5)
-    part = loss.build_parts((None, 12), (None, 4))
-    teacher, student = rng.normal(size=(batch, 12)), rng.normal(size=(batch, 4))
-    index = np.array([3, 11, 0, 29, 17])
-    rows = np.concatenate([index[:, None], rng.integers(0, n, size=(batch, negatives))], axis=1)
-    part.sample = lambda _: rows.astype("int32")  # fixed negatives, to compare with numpy
+def crd_step(loss, part, teacher, student, index, labels, negatives):
+    """One training call with fixed negatives, and the numpy value it should give."""
+    n, t = loss.num_samples, loss.temperature
+    part.sample = lambda: negatives.astype("int32")
     memory_t, memory_s = np.asarray(part.teacher_memory).copy(), np.asarray(part.student_memory).copy()
+    memory_labels = np.asarray(part.memory_labels).copy()
+    mask = (labels[:, None] != memory_labels[negatives][None, :]).astype(float)
     v_t, v_s = embeddings(part, teacher, student)
+    rows = np.concatenate([index[:, None], np.broadcast_to(negatives, (len(index), len(negatives)))], axis=1)
     student_anchor = np.exp(np.einsum("bkd,bd->bk", memory_t[rows], v_s) / t)
     teacher_anchor = np.exp(np.einsum("bkd,bd->bk", memory_s[rows], v_t) / t)
-    expected = (np_nce(student_anchor / (student_anchor.mean() * n), n)
-                + np_nce(teacher_anchor / (teacher_anchor.mean() * n), n))
+    z_s, z_t = float(part.z_student), float(part.z_teacher)
+    z_s = student_anchor.mean() * n if z_s < 0 else z_s
+    z_t = teacher_anchor.mean() * n if z_t < 0 else z_t
+    k = len(negatives)
+    expected = np_nce(student_anchor / z_s, k, n, mask) + np_nce(teacher_anchor / z_t, k, n, mask)
     value = loss(teacher.astype("float32"), student.astype("float32"), parts=part, training=True,
-                 inputs={"index": index})
-    np.testing.assert_allclose(float(value), expected, rtol=1e-4)
+                 inputs={"index": index}, labels=labels)
+    unmasked = np_nce(student_anchor / z_s, k, n, 1.0) + np_nce(teacher_anchor / z_t, k, n, 1.0)
+    return float(value), expected, (memory_t, memory_s, v_t, v_s, z_s, unmasked)
+
+
+def test_crd_matches_numpy_and_updates_the_memory_with_momentum():
+    rng = np.random.default_rng(0)
+    n, batch = 30, 5
+    loss = losses.CRDLoss(num_samples=n, feature_dim=6, num_negatives=7, momentum=0.5)
+    part = loss.build_parts((None, 12), (None, 4))
+    teacher, student = rng.normal(size=(batch, 12)), rng.normal(size=(batch, 4))
+    index, labels = np.array([3, 11, 0, 29, 17]), np.array([0, 1, 2, 0, 1])
+    negatives = np.array([5, 3, 12, 3, 28, 0, 21])
+    value, expected, (memory_t, memory_s, v_t, v_s, z_s, _) = crd_step(loss, part, teacher, student, index, labels,
+                                                                    negatives)
+    np.testing.assert_allclose(value, expected, rtol=1e-4)
     # Z is fixed by the first training batch.
-    assert float(part.z_student) == pytest.approx(student_anchor.mean() * n, rel=1e-4)
+    assert float(part.z_student) == pytest.approx(z_s, rel=1e-4)
     updated = np.asarray(part.student_memory)
     np.testing.assert_allclose(updated[index], unit(0.5 * memory_s[index] + 0.5 * v_s), atol=1e-5)
     np.testing.assert_allclose(np.asarray(part.teacher_memory)[index], unit(0.5 * memory_t[index] + 0.5 * v_t),
                                atol=1e-5)
     untouched = np.setdiff1d(np.arange(n), index)
     np.testing.assert_array_equal(updated[untouched], memory_s[untouched])
-    bound = 1 / np.sqrt(6 / 3)
-    assert np.abs(memory_s).max() <= bound
+    assert np.abs(memory_s).max() <= 1 / np.sqrt(6 / 3)
+    labelled = np.full(n, -1)
+    labelled[index] = labels
+    np.testing.assert_array_equal(np.asarray(part.memory_labels), labelled)
+
+
+def test_crd_drops_negatives_of_the_examples_own_class():
+    rng = np.random.default_rng(3)
+    n = 30
+    loss = losses.CRDLoss(num_samples=n, feature_dim=6, num_negatives=9)
+    part = loss.build_parts((None, 12), (None, 4))
+    part.memory_labels.assign(np.arange(n) % 3)
+    teacher, student = rng.normal(size=(4, 12)), rng.normal(size=(4, 4))
+    index, labels = np.array([4, 7, 9, 20]), np.array([1, 1, 0, 2])
+    negatives = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8])  # classes 0, 1, 2, 0, 1, 2, ...: a third of each row masked
+    everything = losses.CRDLoss.from_config({**loss.get_config(), "exclude_same_class": False})
+    assert not everything.exclude_same_class
+    part.sample = lambda: negatives.astype("int32")
+    unmasked = float(everything(teacher.astype("float32"), student.astype("float32"), parts=part, training=False,
+                                inputs={"index": index}, labels=labels))  # no memory update, Z not fixed
+    value, expected, (*_, expected_unmasked) = crd_step(loss, part, teacher, student, index, labels, negatives)
+    np.testing.assert_allclose(value, expected, rtol=1e-4)
+    np.testing.assert_allclose(unmasked, expected_unmasked, rtol=1e-4)
+    assert unmasked > value + 0.1  # nine negative terms per example instead of six
 
 
 def test_crd_needs_indices_in_training_and_reports_zero_on_held_out_data():

@@ -11,4 +11,5 @@ def test_mirrored_strategy_step_matches_single_device():
     assert result.stdout.count("unchanged True; iterations 1") == 2
     assert "label 17 at step 1" in result.stdout
     assert result.stdout.count("copies, max difference from the gathered update") == 2
+    assert "crd memory_labels: 2 copies, equal to the gathered labels: True" in result.stdout
     assert "max difference between replicas 0; finite True" in result.stdout

@@ -249,8 +249,9 @@ def test_clear_errors():
         loss.build_fusion(T_SHAPES, {**S_SHAPES, "s2": (2, 2, 2, 2, 6)})
     with pytest.raises(ValueError, match=re.escape("fixed map sizes; the teacher's 't1' is (None, None, 5)")):
         loss.check_tapped_shapes({**T_SHAPES, "t1": (None, None, None, 5)}, S_SHAPES)
-    with pytest.raises(ValueError, match="call check_tapped_shapes first"):
+    with pytest.raises(ValueError, match="use build_tapped_parts"):
         ReviewKDLoss(**NAMES).build_parts(T_SHAPES["t1"], S_SHAPES["s1"])
+    assert ReviewKDLoss(**NAMES).build_tapped_parts(T_SHAPES, S_SHAPES).mid_channels == 6
     teacher, student = tiny_case()
     with pytest.raises(ValueError, match="needs its ABFs"):
         call(loss, teacher, student, None)

@@ -357,17 +357,18 @@ class BaseDistiller(_compat.MultiWorkerBuild, keras.Model):
                         f"Term {term!r}: the {label} has no output {key!r} (available: {', '.join(shapes)})."
                     )
         teacher_shape, student_shape = teacher_shapes[loss.teacher_key], student_shapes[loss.student_key]
+        tapped_teacher = {key: teacher_shapes[key] for key in loss.teacher_keys}
+        tapped_student = {key: student_shapes[key] for key in loss.student_keys}
         try:
             loss.check_shapes(teacher_shape, student_shape)
-            loss.check_tapped_shapes({key: teacher_shapes[key] for key in loss.teacher_keys},
-                                     {key: student_shapes[key] for key in loss.student_keys})
+            loss.check_tapped_shapes(tapped_teacher, tapped_student)
         except ValueError as error:
             raise ValueError(
                 f"Term {term!r} ({type(loss).__name__}) between {teacher_label} output {loss.teacher_key!r} "
                 f"{describe(teacher_shape)} and {student_label} output {loss.student_key!r} "
                 f"{describe(student_shape)} cannot train: {error}"
             ) from error
-        part = loss.build_parts(teacher_shape, student_shape)
+        part = loss.build_tapped_parts(tapped_teacher, tapped_student)
         if part is not None:
             if not part.built:
                 part.build(student_shape)

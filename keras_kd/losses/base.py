@@ -157,6 +157,13 @@ class DistillationLoss:
         """The trainable layer this loss needs, unbuilt or built; None if none."""
         return None
 
+    def build_tapped_parts(self, teacher_shapes: dict, student_shapes: dict) -> keras.layers.Layer | None:
+        """What distillers call: the trainable layer from `{key: shape with
+        batch}` of every key in `teacher_keys`/`student_keys`. By default
+        `build_parts` of the first pair; a loss whose part spans several
+        layers (AB's connectors, ReviewKD's fusion) overrides this."""
+        return self.build_parts(teacher_shapes[self.teacher_key], student_shapes[self.student_key])
+
     def compute_loss(self, teacher_output, student_output, context: LossContext):
         raise NotImplementedError
 
@@ -292,17 +299,18 @@ class LayerLevelsLoss(DistillationLoss):
 
     def check_tapped_shapes(self, teacher_shapes, student_shapes):
         self._level_shapes(teacher_shapes, student_shapes)
-        # `build_parts` sees the first level only: its part is built from these.
-        self._bound_shapes = ({k: teacher_shapes[k] for k in self.teacher_layer_names},
-                              {k: student_shapes[k] for k in self.student_layer_names})
 
     def build_parts(self, teacher_shape, student_shape):
         if self.parts_builder is None:
             return None
-        if getattr(self, "_bound_shapes", None) is None:
-            raise ValueError(f"{type(self).__name__} builds {self.parts_noun} from every level's shape: call "
-                             f"check_tapped_shapes first, or use {self.parts_builder}(teacher_shapes, student_shapes).")
-        return getattr(self, self.parts_builder)(*self._bound_shapes)
+        raise ValueError(f"{type(self).__name__} builds {self.parts_noun} from every level's shape: use "
+                         f"build_tapped_parts(teacher_shapes, student_shapes) or {self.parts_builder}(...) "
+                         "with `{layer name: shape}` of both networks.")
+
+    def build_tapped_parts(self, teacher_shapes, student_shapes):
+        if self.parts_builder is None:
+            return None
+        return getattr(self, self.parts_builder)(teacher_shapes, student_shapes)
 
     def gather(self, primary, outputs: dict, names: tuple[str, ...], role: str) -> list:
         """`[primary, outputs[names[1]], ...]`: every level of one network, float32."""

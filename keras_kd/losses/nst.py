@@ -10,15 +10,15 @@ from keras_kd.registry import SuiteRow, register_loss
 
 
 def _channel_maps(features):
-    """(batch, channels, H*W), each channel's spatial map L2-normalized."""
+    """(batch, H*W, channels), each channel's spatial map L2-normalized."""
     batch, height, width, channels = (ops.shape(features)[0], *features.shape[1:])
-    maps = ops.transpose(ops.reshape(features, (batch, height * width, channels)), (0, 2, 1))
-    return maps / ops.maximum(ops.norm(maps, axis=2, keepdims=True), 1e-12)
+    maps = ops.reshape(features, (batch, height * width, channels))
+    return maps / ops.maximum(ops.norm(maps, axis=1, keepdims=True), 1e-12)
 
 
 def _poly_mean(a, b):
     """Mean of the squared inner products between every channel map of `a` and of `b`."""
-    return ops.mean(ops.square(ops.matmul(a, ops.transpose(b, (0, 2, 1)))))
+    return ops.mean(ops.square(ops.einsum("bpc,bpd->bcd", a, b)))
 
 
 @register_loss(
