@@ -250,7 +250,8 @@ def tuning_cells() -> list[Cell]:
             *[(f"norm_w{w}", f"embedding, L2-normalised, weight {w}",
                (_losses({**lp, "normalize": True, "weight": float(w)}),)) for w in (10, 100)],
             ("hint_layer", "stage2 (hint/guided layer), weight 1.5",
-             (_losses({**lp, "teacher_layer_name": "stage2", "student_layer_name": "stage2", "weight": 1.5}),)),
+             (_losses({**lp, "teacher_layer_name": "stage2", "student_layer_name": "stage2", "normalize": False,
+                       "weight": 1.5}),)),
         ]),
         "ekd": ("EKD, variant chosen on validation", "ekd_fmnist.yaml", "distill", "sum_if_needed", [
             (f"{w}_{a}", f"branch terms {w}, adapter {a}",
@@ -513,7 +514,8 @@ def collect(suite: str) -> dict:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", choices=sorted(SUITES), default="quick")
-    parser.add_argument("--only", nargs="+", help="groups to run (features, ekd, sftn, online, online_full).")
+    parser.add_argument("--only", nargs="+", help="groups (features, ekd, sftn, online, online_full) or rows "
+                        "(online/dml) to run.")
     parser.add_argument("--report-only", action="store_true", help="rewrite docs/results.md from disk only.")
     parser.add_argument("--docs", help="results page (default: docs/results.md for the standard and quick "
                         "suites (their own sections), docs/results_full.md for the full suite).")
@@ -526,7 +528,7 @@ def main(argv=None) -> None:
               "`keras-kd train-teacher --set train.epochs=...` (see docs/results.md)")
     if not args.report_only:
         for cell in ordered(args.suite):
-            if args.only and cell.group not in args.only:
+            if args.only and not any(selected in (cell.group, f"{cell.group}/{cell.key}") for selected in args.only):
                 continue
             for seed in cell.seeds or SUITES[args.suite].seeds:
                 try:

@@ -226,8 +226,14 @@ def crd_configurations(teacher, input_shape, ds):
     }
 
 
+#: The committed trained ResNet20: feature losses see a trained teacher's features (an untrained
+#: ResNet20's pooled features are ~30x larger, enough to make unnormalised losses such as CC diverge).
+REFERENCE_TEACHER = "saved_models/reference/teacher_resnet20_fmnist10/model.keras"
+
+
 def kd_main(args, ds, source, images) -> None:
-    teacher = models.get("resnet20", (28, 28, 1), 10)
+    teacher = (keras.models.load_model(REFERENCE_TEACHER) if os.path.isfile(REFERENCE_TEACHER)
+               else models.get("resnet20", (28, 28, 1), 10))
     configs = {name: (factory, kind, ds) for name, (factory, kind) in configurations(teacher, (28, 28, 1)).items()}
     configs.update(crd_configurations(teacher, (28, 28, 1), ds))
     if args.match:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from keras_kd import Distiller, data, losses
+from keras_kd.distillers.base import NonFiniteLossError
 
 from conftest import tiny_model
 
@@ -151,3 +152,32 @@ def test_cli_feeds_indices_and_sizes_the_memory_bank(tmp_path, capsys):
     distiller = keras.models.load_model(tmp_path / "crd" / "distiller.keras")
     assert distiller.loss_parts["crd_loss"].num_samples == 50  # 5% of the 1,000 synthetic images
     assert json.loads((tmp_path / "crd" / "results.json").read_text())["teacher_cache"]  # cached and indexed
+
+
+@pytest.mark.parametrize("jit_compile", [True, False], ids=["xla", "no_xla"])
+def test_a_refused_step_leaves_the_memory_banks_untouched(jit_compile):
+    # The banks are written after the step is decided (not restored from a copy of the whole bank).
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(16, 28, 28, 1)).astype("float32")
+    y = rng.integers(0, 10, 16)
+    teacher, student = tiny_model(width=8, name="teacher"), tiny_model(width=4, name="student")
+    distiller = Distiller(teacher=teacher, student=student, student_loss_weight=1.0,
+                          distillation_losses=losses.get("crd", num_samples=40, num_negatives=16,
+                                                         teacher_layer_name="embedding",
+                                                         student_layer_name="embedding"))
+    distiller.compile(optimizer=keras.optimizers.SGD(0.05), jit_compile=jit_compile)
+    part = distiller.loss_parts["crd_loss"]
+    assert part.defer_updates and not {id(v) for v in part.deferred_weights} & {id(v) for v in distiller.forward_state()}
+    index = np.arange(16) * 2
+    banks = ("student_memory", "teacher_memory", "memory_labels")
+    before = {name: np.asarray(getattr(part, name)).copy() for name in banks}
+    nan = x.copy()
+    nan[3] = np.nan
+    with pytest.raises(NonFiniteLossError):
+        distiller.fit({"image": nan, "index": index}, y, batch_size=16, epochs=1, verbose=0)
+    for name in banks:
+        np.testing.assert_array_equal(np.asarray(getattr(part, name)), before[name], err_msg=name)
+    distiller.fit({"image": x, "index": index}, y, batch_size=16, epochs=1, verbose=0)
+    changed = np.any(np.asarray(part.student_memory) != before["student_memory"], axis=1)
+    np.testing.assert_array_equal(np.flatnonzero(changed), index)
+    np.testing.assert_array_equal(np.asarray(part.memory_labels)[index], y)

@@ -115,7 +115,9 @@ def test_locality_preserving_matches_numpy(m, dt, ds, k, sigma2, normalize):
 def test_locality_preserving_on_feature_maps_and_tiny_batches():
     t = RNG.normal(size=(5, 4, 4, 3)).astype("float32")
     s = RNG.normal(size=(5, 2, 2, 7)).astype("float32")
-    np.testing.assert_allclose(float(LocalityPreservingLoss(2)(t, s)), np_lp(t, s, 2), rtol=2e-4)
+    np.testing.assert_allclose(float(LocalityPreservingLoss(2, normalize=False)(t, s)), np_lp(t, s, 2), rtol=2e-4)
+    # The default (chosen on the standard protocol's validation split) L2-normalizes both feature sets.
+    np.testing.assert_allclose(float(LocalityPreservingLoss(2)(t, s)), np_lp(t, s, 2, normalize=True), rtol=2e-4)
     one = RNG.normal(size=(1, 8)).astype("float32")
     assert float(LocalityPreservingLoss(5)(one, one)) == 0.0  # no neighbours, no NaN
     with pytest.raises(ValueError, match="`k` must be an integer >= 1"):
@@ -140,9 +142,9 @@ def test_locality_preserving_independent_of_batch_size_for_repeated_batch():
     s = RNG.normal(size=(10, 5)).astype("float32")
     t2 = np.concatenate([t, t + 50.0]).astype("float32")
     s2 = np.concatenate([s, s + 50.0]).astype("float32")
-    loss = LocalityPreservingLoss(3, sigma2=4.0)
+    loss = LocalityPreservingLoss(3, sigma2=4.0, normalize=False)
     np.testing.assert_allclose(float(loss(t2, s2)), float(loss(t, s)), rtol=1e-3)
-    adaptive = LocalityPreservingLoss(3)
+    adaptive = LocalityPreservingLoss(3, normalize=False)
     np.testing.assert_allclose(float(adaptive(t2, s2)), float(adaptive(t, s)), rtol=1e-3)
 
 
@@ -174,7 +176,7 @@ def test_gradients_reach_the_student_and_are_not_stopped_by_the_loss(loss, t_sha
 def test_locality_gradient_matches_finite_differences():
     t = RNG.normal(size=(6, 5)).astype(np.float64)
     s = RNG.normal(size=(6, 3)).astype(np.float64)
-    loss = LocalityPreservingLoss(2, sigma2=3.0)
+    loss = LocalityPreservingLoss(2, sigma2=3.0, normalize=False)
     variable = tf.Variable(s.astype("float32"))
     with tf.GradientTape() as tape:
         value = loss(t.astype("float32"), variable)

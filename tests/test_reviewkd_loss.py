@@ -18,9 +18,11 @@ from keras_kd.losses.reviewkd import (
     ZOO_STUDENT_LAYERS,
     ReviewKDFusion,
     ReviewKDLoss,
+    adaptive_average_pool,
     adaptive_pool_matrix,
     hcl_loss,
     nearest_indices,
+    resize_nearest,
 )
 from keras_kd.methods.kd import build_losses
 
@@ -165,6 +167,18 @@ def test_nearest_indices_follow_pytorch():
     assert nearest_indices(2, 4).tolist() == [0, 0, 1, 1]
     assert nearest_indices(8, 4).tolist() == [0, 2, 4, 6]
     assert nearest_indices(7, 7).tolist() == list(range(7))
+
+
+@pytest.mark.parametrize("size_in,size_out", [((1, 1), (7, 7)), ((7, 7), (14, 28)), ((8, 8), (4, 2)),
+                                              ((6, 6), (4, 4)), ((3, 5), (7, 2)), ((28, 28), (4, 4))])
+def test_resizing_and_pooling_shortcuts_equal_the_index_and_bin_definitions(size_in, size_out):
+    x = RNG.normal(size=(2, *size_in, 3))
+    rows, cols = nearest_indices(size_in[0], size_out[0]), nearest_indices(size_in[1], size_out[1])
+    np.testing.assert_array_equal(np.asarray(resize_nearest(f32(x), size_out)), f32(x)[:, rows][:, :, cols])
+    if size_out[0] <= size_in[0] and size_out[1] <= size_in[1]:
+        pooled = np.einsum("ih,jw,bhwc->bijc", adaptive_pool_matrix(size_in[0], size_out[0]),
+                           adaptive_pool_matrix(size_in[1], size_out[1]), x)
+        np.testing.assert_allclose(np.asarray(adaptive_average_pool(f32(x), size_out)), pooled, rtol=1e-5, atol=1e-6)
 
 
 def test_abf_fusion_matches_numpy_with_the_layers_own_weights():

@@ -26,7 +26,14 @@ from keras import ops
 
 from keras_kd import _compat
 from keras_kd._compat import is_multi_worker
-from keras_kd.losses.base import LOGITS, DistillationLoss, LossContext, check_non_negative, describe
+from keras_kd.losses.base import (
+    LOGITS,
+    DeferredStateUpdates,
+    DistillationLoss,
+    LossContext,
+    check_non_negative,
+    describe,
+)
 from keras_kd.taps import tap_model
 
 #: `failure` codes besides a term index.
@@ -372,6 +379,8 @@ class BaseDistiller(_compat.MultiWorkerBuild, keras.Model):
         if part is not None:
             if not part.built:
                 part.build(student_shape)
+            if isinstance(part, DeferredStateUpdates):
+                part.defer_updates = True  # written in train_step once the step is accepted
             self.loss_parts[term] = part
 
     def loss_value(
@@ -490,6 +499,9 @@ class BaseDistiller(_compat.MultiWorkerBuild, keras.Model):
         _compat.apply_gradients_if(self.optimizer, ok, gradients, variables)
         for variable, value in zip(state, saved, strict=True):  # e.g. BatchNorm statistics of a refused step
             variable.assign(ops.where(ok, variable.value, value))
+        for part in self.loss_parts.values():
+            if isinstance(part, DeferredStateUpdates):
+                part.apply_deferred_updates(ok)
         return self._update_metrics(y, outputs, terms, total)
 
     def test_step(self, data):
@@ -503,11 +515,15 @@ class BaseDistiller(_compat.MultiWorkerBuild, keras.Model):
     def forward_state(self) -> list:
         """Non-trainable variables the training forward pass may change (BatchNorm
         statistics of the trained networks and loss parts): restored when a
-        step is refused."""
+        step is refused. A part's `deferred_weights` are left out: it writes
+        them itself once the step is decided (`DeferredStateUpdates`)."""
         variables = list(self.student.non_trainable_weights)
+        deferred = set()
         for part in self.loss_parts.values():
             variables += part.non_trainable_weights
-        unique = {id(v): v for v in variables if v.trainable is False}
+            if isinstance(part, DeferredStateUpdates):
+                deferred.update(id(v) for v in part.deferred_weights)
+        unique = {id(v): v for v in variables if v.trainable is False and id(v) not in deferred}
         return list(unique.values())
 
     def trainable_losses(self) -> list:

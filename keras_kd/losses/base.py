@@ -9,9 +9,11 @@ trainable part, all handed over in a `LossContext`.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 #: Key of the final output (logits) in every outputs dict.
@@ -217,6 +219,50 @@ class DistillationLoss:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"{type(self).__name__}({args})"
+
+
+class DeferredStateUpdates:
+    """Mixin of a loss part with large non-trainable state (CRD's memory
+    banks) that changes it only through `queue_update(variable, index, rows)`.
+
+    Distillers refuse a step whose loss is not finite and then restore every
+    non-trainable weight of the student and of the loss parts from a copy
+    taken before the step; copying a 60,000-row memory bank twice per step
+    would cost more than the step itself. Instead a distiller sets
+    `defer_updates` on the part, leaves `deferred_weights` out of that copy
+    and calls `apply_deferred_updates(ok)` after deciding: the queued rows
+    are written only if the step is applied. Called directly (tests, a
+    plain training loop), the part writes at once.
+    """
+
+    defer_updates = False
+
+    @property
+    def deferred_weights(self) -> list:
+        """The variables updated through `queue_update` only."""
+        raise NotImplementedError
+
+    def queue_update(self, variable, index, rows) -> None:
+        """`variable[index] = rows`: now, or at `apply_deferred_updates` when deferring."""
+        if not self.defer_updates:
+            variable.value.scatter_update(tf.IndexedSlices(rows, index))
+            return
+        self._pending().append((variable, index, rows))
+
+    def _pending(self) -> list:
+        # Per thread: MirroredStrategy traces each replica's step in its own thread.
+        local = self.__dict__.setdefault("_pending_updates", threading.local())
+        if not hasattr(local, "updates"):
+            local.updates = []
+        return local.updates
+
+    def apply_deferred_updates(self, ok) -> None:
+        """Writes the queued rows if `ok` (a scalar bool tensor), else keeps the old ones."""
+        pending = self._pending()
+        updates, pending[:] = list(pending), []
+        for variable, index, rows in updates:
+            kept = tf.gather(variable.value, index)
+            variable.value.scatter_update(tf.IndexedSlices(ops.where(ok, rows, kept), index))
 
 
 def check_positive(name: str, value: float) -> float:

@@ -9,7 +9,13 @@ import tensorflow as tf
 from keras import ops
 
 from keras_kd.adapters import PairEmbedding, flat_width
-from keras_kd.losses.base import DistillationLoss, LossContext, check_batched, check_positive
+from keras_kd.losses.base import (
+    DeferredStateUpdates,
+    DistillationLoss,
+    LossContext,
+    check_batched,
+    check_positive,
+)
 from keras_kd.registry import SuiteRow, register_loss
 
 
@@ -25,8 +31,14 @@ def _all_gather(value):
     return context.all_gather(value, axis=0)
 
 
+def _rows(variable, index):
+    """Rows `index` of a memory variable, gathered from the variable itself: reading the whole bank
+    as a tensor first would make the scatter update after it copy the bank (30 MB at 60,000 x 128)."""
+    return tf.gather(variable.value, index)
+
+
 @keras.saving.register_keras_serializable(package="keras_kd")
-class ContrastMemory(keras.layers.Layer):
+class ContrastMemory(DeferredStateUpdates, keras.layers.Layer):
     """CRD's trainable embeddings and its two memory banks.
 
     `embedding` (a `keras_kd.adapters.PairEmbedding`) maps each network's
@@ -76,9 +88,8 @@ class ContrastMemory(keras.layers.Layer):
     def similarities(self, anchor, memory, index, negatives):
         """`<memory row, anchor> / T` for each example's own row `(batch,)` and
         for the shared negatives `(batch, num_negatives)`."""
-        memory = ops.convert_to_tensor(memory)
-        positive = ops.sum(anchor * ops.take(memory, index, axis=0), axis=-1)
-        negative = ops.matmul(anchor, ops.transpose(ops.take(memory, negatives, axis=0)))
+        positive = ops.sum(anchor * _rows(memory, index), axis=-1)
+        negative = ops.matmul(anchor, ops.transpose(_rows(memory, negatives)))
         return positive / self.temperature, negative / self.temperature
 
     def log_z(self, positive, negative, z, training: bool):
@@ -90,15 +101,18 @@ class ContrastMemory(keras.layers.Layer):
             z.assign(ops.where(z < 0, ops.exp(first), z))
         return ops.where(z < 0, first, ops.log(ops.maximum(ops.convert_to_tensor(z), 1e-30)))
 
+    @property
+    def deferred_weights(self) -> list:
+        return [self.student_memory, self.teacher_memory, self.memory_labels]
+
     def update(self, v_teacher, v_student, index, labels=None):
         index = ops.cast(_all_gather(ops.reshape(index, (-1,))), "int32")
         for memory, value in ((self.student_memory, v_student), (self.teacher_memory, v_teacher)):
             value = _all_gather(ops.stop_gradient(value))
-            rows = self.momentum * ops.take(ops.convert_to_tensor(memory), index, axis=0) + (1 - self.momentum) * value
-            memory.value.scatter_update(tf.IndexedSlices(_unit(rows), index))
+            rows = self.momentum * _rows(memory, index) + (1 - self.momentum) * value
+            self.queue_update(memory, index, _unit(rows))
         if labels is not None:
-            labels = ops.cast(_all_gather(ops.reshape(labels, (-1,))), "int32")
-            self.memory_labels.value.scatter_update(tf.IndexedSlices(labels, index))
+            self.queue_update(self.memory_labels, index, ops.cast(_all_gather(ops.reshape(labels, (-1,))), "int32"))
 
     def get_config(self) -> dict:
         return {**super().get_config(), "num_samples": self.num_samples, "feature_dim": self.feature_dim,
@@ -229,8 +243,7 @@ class CRDLoss(DistillationLoss):
         mask = None
         if self.exclude_same_class and context.labels is not None:
             labels = ops.cast(ops.reshape(context.labels, (-1, 1)), "int32")
-            mask = ops.cast(ops.not_equal(labels, ops.take(ops.convert_to_tensor(memory.memory_labels), negatives)),
-                            "float32")
+            mask = ops.cast(ops.not_equal(labels, _rows(memory.memory_labels, negatives)), "float32")
         loss = 0.0
         # The student's embedding against the teacher's memories, and the teacher's against the student's.
         for anchor, bank, z in ((v_student, memory.teacher_memory, memory.z_student),

@@ -42,13 +42,25 @@ def nearest_indices(size_in: int, size_out: int) -> np.ndarray:
     return np.minimum(np.arange(size_out) * size_in // size_out, size_in - 1).astype("int32")
 
 
+def _resize_axis(features, size_in: int, size_out: int, axis: int):
+    """Nearest-neighbour resize of one axis: a whole-number up-sampling factor repeats each row
+    and a whole-number down-sampling factor keeps every k-th (both cheaper than a gather, whose
+    gradient is a scatter); any other ratio gathers `nearest_indices` rows."""
+    if size_out % size_in == 0:
+        return ops.repeat(features, size_out // size_in, axis=axis)
+    if size_in % size_out == 0:
+        step = size_in // size_out
+        return features[:, ::step] if axis == 1 else features[:, :, ::step]
+    return ops.take(features, nearest_indices(size_in, size_out), axis=axis)
+
+
 def resize_nearest(features, size: tuple[int, int]):
     """A (batch, H, W, C) map resized to `size` by nearest neighbour (`nearest_indices`)."""
     height, width = features.shape[1], features.shape[2]
     if height != size[0]:
-        features = ops.take(features, nearest_indices(height, size[0]), axis=1)
+        features = _resize_axis(features, height, size[0], axis=1)
     if width != size[1]:
-        features = ops.take(features, nearest_indices(width, size[1]), axis=2)
+        features = _resize_axis(features, width, size[1], axis=2)
     return features
 
 
@@ -66,8 +78,12 @@ def adaptive_pool_matrix(size_in: int, size_out: int) -> np.ndarray:
 
 def adaptive_average_pool(features, size: tuple[int, int]):
     """(batch, H, W, C) -> (batch, size[0], size[1], C), adaptive average pooling."""
-    rows = adaptive_pool_matrix(features.shape[1], size[0])
-    cols = adaptive_pool_matrix(features.shape[2], size[1])
+    height, width, channels = features.shape[1], features.shape[2], features.shape[3]
+    if height % size[0] == 0 and width % size[1] == 0:  # equal, disjoint bins: a reshape and a mean
+        blocks = ops.reshape(features, (-1, size[0], height // size[0], size[1], width // size[1], channels))
+        return ops.mean(blocks, axis=(2, 4))
+    rows = adaptive_pool_matrix(height, size[0])
+    cols = adaptive_pool_matrix(width, size[1])
     features = ops.einsum("ih,bhwc->biwc", ops.convert_to_tensor(rows, features.dtype), features)
     return ops.einsum("jw,biwc->bijc", ops.convert_to_tensor(cols, features.dtype), features)
 
