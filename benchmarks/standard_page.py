@@ -229,6 +229,31 @@ def rows_section(table: dict, cells: list) -> tuple[str, list[dict]]:
     return "\n".join(lines), records
 
 
+#: Why a method of the zoo does not beat KD in the standard suite (row key -> note), written from its runs.
+METHOD_NOTES: dict[str, str] = {}
+
+
+def methods_vs_kd(table: dict, cells: list, kd: tuple[str, str], seeds: int, notes: dict[str, str]) -> str:
+    """Every `features` row against the KD row `kd` (`(group, key)`): the
+    difference of the means and the same 2x pooled-std rule as the claims."""
+    base = [100 * r["test_accuracy"] for r in table.get(kd, [])]
+    lines = [f"| method | test acc. (%) | minus KD ({fmt(base)}) | pooled std | verdict | note |",
+             "| --- | ---: | ---: | ---: | --- | --- |"]
+    for cell in cells:
+        if cell.group != "features" or cell.regime != "10%" or (cell.group, cell.key) == kd:
+            continue
+        row = [100 * r["test_accuracy"] for r in table.get((cell.group, cell.key), [])]
+        result = verdict(row, base, seeds)
+        if result["difference"] is None:
+            lines.append(f"| {cell.label} | {fmt(row)} | — | — | pending | |")
+            continue
+        difference, pooled = result["difference"], result["pooled_std"]
+        word = "beats KD" if difference > 2 * pooled else "below KD" if -difference > 2 * pooled else "ties KD"
+        lines.append(f"| {cell.label} | {fmt(row)} | {difference:+.2f} | {pooled:.2f} | {word} "
+                     f"| {notes.get(cell.key, '') if word != 'beats KD' else ''} |")
+    return "\n".join(lines)
+
+
 def claims_section(table: dict, seeds: int) -> tuple[str, list[dict]]:
     lines = ["| paper | claim | setting | row (%) | baseline (%) | difference | 2 x pooled std | verdict |",
              "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |"]
@@ -297,6 +322,10 @@ def write(suite: str, table: dict, cells: list, docs: str, root: str, seeds: int
     rows_text, rows = rows_section(table, cells)
     write_section(docs, f"{suite}-rows", f"Every row ({suite} suite, last epoch, mean ± std over seeds)", rows_text)
     write_section(docs, f"{suite}-cache", "Teacher-output cache: time saved", cache_section(table))
+    write_section(docs, f"{suite}-zoo", "Every method against KD (validated T)",
+                  "A row beats KD when its mean exceeds the validated KD row's (`tuned/kd`) by more than twice the "
+                  "pooled std of the 3 seeds, and is below it by the same rule.\n\n"
+                  + methods_vs_kd(table, cells, ("tuned", "kd"), seeds, METHOD_NOTES))
     claims_text, claim_records = claims_section(table, seeds)
     write_section(docs, f"{suite}-claims", "The seed papers' claims, tested", claims_text)
     out = Path(docs).with_suffix(".json")

@@ -123,7 +123,8 @@ def test_bad_arguments_and_config_round_trip():
     assert FactorTransferModules.from_config(modules.get_config()).factor_channels == 4
 
 
-def test_distiller_fit_trains_the_parts_by_stage_saves_and_exports_a_clean_student(tmp_path):
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["no_xla", "xla"])
+def test_distiller_fit_trains_the_parts_by_stage_saves_and_exports_a_clean_student(tmp_path, jit_compile):
     teacher = models.get("resnet8", (28, 28, 1), 10)
     student = models.get("resnet8", (28, 28, 1), 10, width_ratio=0.5)
     ft = losses.get("ft", teacher_layer_name="stage3", student_layer_name="stage3", paraphraser_epochs=1,
@@ -131,7 +132,7 @@ def test_distiller_fit_trains_the_parts_by_stage_saves_and_exports_a_clean_stude
     distiller = Distiller(teacher=teacher, student=student, distillation_losses=[ft],
                           distillation_loss_weights=[200.0], student_loss_weight=1.0, student_loss_start_epoch=1)
     modules = distiller.loss_parts["ft_loss"]
-    distiller.compile(optimizer=keras.optimizers.SGD(0.01))
+    distiller.compile(optimizer=keras.optimizers.SGD(0.01), jit_compile=jit_compile)
     rng = np.random.default_rng(0)
     x, y = rng.random((16, 28, 28, 1)).astype("float32"), np.arange(16) % 10
     snapshot = lambda layers: [n(w) for layer in layers for w in layer.trainable_weights]  # noqa: E731

@@ -183,8 +183,9 @@ class FTLoss(DistillationLoss):
 
     `E(x_t)` is computed with the encoder frozen at the end of stage 1 and
     `stop_gradient`: the paraphraser is only trained by the reconstruction,
-    the translator and the student only by the transfer (each stage's value
-    is a `where` on `context.epoch`, so the other stage gives zero gradient).
+    the translator and the student only by the transfer (a `cond` on
+    `context.epoch` runs only the current stage's modules, so the other
+    stage gives zero gradient and costs nothing).
     Paraphraser and translator (`FactorTransferModules`) are the loss's part:
     the distiller creates, trains and saves them and never exports them with
     the student. The metric `ft_loss` is the reconstruction term during
@@ -211,8 +212,7 @@ class FTLoss(DistillationLoss):
     by `reconstruction_weight` inside the term (the term weight 200 also
     multiplies it): `ft_fmnist.yaml` and the suite row use 0.001, i.e.
     200 * 0.001 = 0.2 = 0.01 / 0.05, RepDistiller's init step at our lr
-    0.05; both networks run during stage 1 and the translator's output is
-    computed (its value is not used); after stage 1 the live paraphraser
+    0.05; both networks run during stage 1; after stage 1 the live paraphraser
     still receives momentum and weight decay, but the teacher's factor comes
     from the frozen copy (RepDistiller simply stops optimising it); Keras'
     default initialisers; the translator's convolutions have no bias (BN
@@ -282,13 +282,19 @@ class FTLoss(DistillationLoss):
                              "student_shape) (distillers do).")
         modules = context.parts
         pretraining = ops.cast(context.epoch, "float32") < float(self.paraphraser_epochs)
-        _, reconstruction = modules.paraphrase(teacher_output)
-        rebuilt = ops.mean(ops.square(ops.cast(reconstruction, "float32") - teacher_output))
         modules.freeze_encoder(pretraining)
-        teacher_factor = ops.cast(modules.teacher_factor(teacher_output), "float32")
-        student_factor = ops.cast(modules.translate(student_output, training=context.training), "float32")
-        transfer = factor_transfer_loss(student_factor, teacher_factor)
-        return ops.where(pretraining, self.reconstruction_weight * rebuilt, transfer)
+
+        def reconstruction_stage():
+            _, reconstruction = modules.paraphrase(teacher_output)
+            return self.reconstruction_weight * ops.mean(ops.square(ops.cast(reconstruction, "float32") - teacher_output))
+
+        def transfer_stage():
+            teacher_factor = ops.cast(modules.teacher_factor(teacher_output), "float32")
+            student_factor = ops.cast(modules.translate(student_output, training=context.training), "float32")
+            return factor_transfer_loss(student_factor, teacher_factor)
+
+        # Only the current stage's modules run (a `cond`, one compiled step for both stages).
+        return ops.cond(pretraining, reconstruction_stage, transfer_stage)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "factor_rate": self.factor_rate,
