@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -15,3 +16,13 @@ def write_section(path: str, key: str, title: str, body: str) -> None:
     pattern = re.compile(rf"<!-- {key}:start -->.*?<!-- {key}:end -->", re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     file.write_text(text)
+
+
+def write_results_json(path: str | Path, suite: str, rows: list[dict], claims: list[dict] | None = None) -> None:
+    """Replaces `suite`'s rows (and, when given, the claims) of the machine-readable results,
+    keeping the other suites' rows."""
+    file = Path(path)
+    data = json.loads(file.read_text()) if file.is_file() else {}
+    kept = [row for row in data.get("rows", []) if row.get("suite") != suite]
+    data = {"rows": kept + rows, "claims": data.get("claims", []) if claims is None else claims}
+    file.write_text(json.dumps(data, indent=2) + "\n")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.report import write_section
+from benchmarks.report import write_results_json, write_section
 
 
 @dataclasses.dataclass(frozen=True)
@@ -328,5 +328,4 @@ def write(suite: str, table: dict, cells: list, docs: str, root: str, seeds: int
                   + methods_vs_kd(table, cells, ("tuned", "kd"), seeds, METHOD_NOTES))
     claims_text, claim_records = claims_section(table, seeds)
     write_section(docs, f"{suite}-claims", "The seed papers' claims, tested", claims_text)
-    out = Path(docs).with_suffix(".json")
-    out.write_text(json.dumps({"rows": rows, "claims": claim_records}, indent=2) + "\n")
+    write_results_json(Path(docs).with_suffix(".json"), suite, rows, claim_records)

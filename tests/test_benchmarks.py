@@ -189,3 +189,16 @@ def test_pre_training_stages_scale_with_the_suite_schedule():
         assert ab.method.options["student_loss_start_epoch"] == ft.method.options["student_loss_start_epoch"] == stage
         kd = run.resolve(suite, cells["fitnet"], 0)
         assert kd.method.options["student_loss_start_epoch"] == 0
+
+
+def test_results_json_keeps_the_other_suites_rows(tmp_path):
+    from benchmarks.report import write_results_json
+
+    path = tmp_path / "results.json"
+    claim = {"paper": "p", "verdict": "pending"}
+    write_results_json(path, "standard", [{"suite": "standard", "row": "kd"}], [claim])
+    write_results_json(path, "quick", [{"suite": "quick", "row": "kd"}, {"suite": "quick", "row": "ce"}])
+    write_results_json(path, "quick", [{"suite": "quick", "row": "kd"}])
+    data = json.loads(path.read_text())
+    assert data["rows"] == [{"suite": "standard", "row": "kd"}, {"suite": "quick", "row": "kd"}]
+    assert data["claims"] == [claim]

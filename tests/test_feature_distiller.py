@@ -84,7 +84,7 @@ def test_feature_metrics_match_numpy_on_tapped_features():
     t = tap_model(teacher, ["stage2", "embedding"])(x, training=False)
     s = tap_model(student, ["stage3", "embedding"])(x, training=False)
     at = np_at(t["stage2"].numpy(), s["stage3"].numpy())
-    lp = np_lp(t["embedding"].numpy(), s["embedding"].numpy(), 4)
+    lp = np_lp(t["embedding"].numpy(), s["embedding"].numpy(), 4, normalize=True)
     np.testing.assert_allclose(logs["at_loss"], at, rtol=1e-4)
     np.testing.assert_allclose(logs["lp_loss"], lp, rtol=1e-3)
     np.testing.assert_allclose(logs["loss"], logs["student_loss"] + 2 * at + 3 * lp, rtol=1e-4)

@@ -81,7 +81,8 @@ def _kd_lp_distiller():
     return Distiller(
         teacher=teacher, student=student,
         distillation_losses=[losses.SoftTargetLoss(temperature=4.0),
-                             losses.get("lp", k=3, teacher_layer_name="embedding", student_layer_name="embedding")],
+                             losses.get("lp", k=3, normalize=False, teacher_layer_name="embedding",
+                                        student_layer_name="embedding")],
         distillation_loss_weights=[0.9, 1.0], student_loss_weight=0.1,
     )
 
