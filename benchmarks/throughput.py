@@ -21,6 +21,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmarks.report import write_section  # noqa: E402
@@ -239,20 +240,21 @@ def kd_main(args, ds, source, images) -> None:
     if args.match:
         keep = ("plain student fit (resnet8)", "teacher inference (resnet20)", "keras_kd logit KD")
         configs = {name: c for name, c in configs.items() if name in keep or any(m in name for m in args.match)}
-    best = best_of_rounds(configs, images, args, reference="keras_kd logit KD")
+    costs = {}
+    best = best_of_rounds(configs, images, args, reference="keras_kd logit KD", costs=costs)
     floor = 1.0 / (1.0 / best["plain student fit (resnet8)"] + 1.0 / best["teacher inference (resnet20)"])
-    kd = best["keras_kd logit KD"]
     rows = ["| configuration | img/s | x floor | step cost x logit KD |", "| --- | ---: | ---: | ---: |"]
     for name, value in best.items():
         fitted = not (kind_of(configs, name) == "predict" or name.startswith("plain"))
         ratio = f"{value / floor:.2f}" if fitted else ""
-        cost = f"{kd / value:.2f}" if fitted and name.startswith("keras_kd") else ""
+        cost = f"{costs[name]:.2f}" if fitted and name.startswith("keras_kd") else ""
         rows.append(f"| {name} | {value:.0f} | {ratio} | {cost} |")
     rows.append(f"| *no-overhead floor 1/(1/student + 1/teacher)* | {floor:.0f} | 1.00 |")
     text = (
-        measured_with("kd", args, source, images) + " Logit KD, the denominator of the last column, is measured "
-        "again after every 4 other configurations. Targets: keras_kd logit KD >= 0.95x the floor, each feature KD >= 0.85x, "
-        "both faster than `keras.distillation`; every feature/relation method's step at most 1.2x logit KD's.\n\n" + "\n".join(rows)
+        measured_with("kd", args, source, images) + " Step cost: the median over rounds of logit KD's img/s "
+        "over the configuration's, each against a logit-KD measurement at most one configuration away. Targets: "
+        "keras_kd logit KD >= 0.95x the floor, each feature KD >= 0.85x, both faster than `keras.distillation`; "
+        "every feature/relation method's step at most 1.2x logit KD's.\n\n" + "\n".join(rows)
     )
     if not args.match:
         write_section(args.output, "throughput", "Training throughput (keras_kd vs keras.distillation)", text)
@@ -363,25 +365,41 @@ def kind_of(configs, name):
     return configs[name][1]
 
 
-def best_of_rounds(configs: dict, images: int, args, reference: str | None = None, every: int = 4) -> dict[str, float]:
+def best_of_rounds(configs: dict, images: int, args, reference: str | None = None,
+                   costs: dict | None = None) -> dict[str, float]:
     """Best img/s of each `name -> (factory, "fit"|"predict", dataset)` over
-    `args.rounds` interleaved rounds (a fresh model per measurement). The
-    `reference` configuration (the denominator of the table's ratios) is
-    measured again after every `every` others: this machine's slow phases
-    last minutes, and one unlucky reference would skew every ratio."""
+    `args.rounds` interleaved rounds (a fresh model per measurement).
+
+    With a `reference` configuration, `costs` receives each configuration's
+    step cost relative to it: the median over rounds of `reference img/s /
+    img/s`, each round's ratio taken against a reference measurement at most
+    one configuration away (it is measured again before every second
+    configuration). This machine's slow phases last minutes: a ratio of two
+    best-of-rounds values taken minutes apart can compare a fast phase with
+    a slow one, a ratio of neighbours rarely does."""
     best = {name: 0.0 for name in configs}
+    ratios = {name: [] for name in configs}
 
     def measure(name):
         factory, kind, data_ds = configs[name]
         timed = timed_fit if kind == "fit" else timed_predict
-        best[name] = max(best[name], timed(factory(), data_ds, images, args.epochs))
+        value = timed(factory(), data_ds, images, args.epochs)
+        best[name] = max(best[name], value)
+        return value
 
     for round_index in range(args.rounds):
+        nearby = None
         for position, name in enumerate(configs):
-            measure(name)
-            print(f"round {round_index + 1} {name}: {best[name]:.0f} img/s", flush=True)
-            if reference and name != reference and position % every == every - 1:
-                measure(reference)
+            if reference and name != reference and (nearby is None or position % 2 == 0):
+                nearby = measure(reference)
+            value = measure(name)
+            if name == reference:
+                nearby = value
+            if reference:
+                ratios[name].append((nearby if name != reference else value) / value)
+            print(f"round {round_index + 1} {name}: {value:.0f} img/s (best {best[name]:.0f})", flush=True)
+    if costs is not None:
+        costs.update({name: float(np.median(values)) for name, values in ratios.items() if values})
     return best
 
 

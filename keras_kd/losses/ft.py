@@ -216,9 +216,10 @@ class FTLoss(DistillationLoss):
     still receives momentum and weight decay, but the teacher's factor comes
     from the frozen copy (RepDistiller simply stops optimising it); Keras'
     default initialisers; the translator's convolutions have no bias (BN
-    follows). The results suite's row cannot delay CE: the student trains
-    on CE during the paraphraser's stage there; `ft_fmnist.yaml` delays it
-    (`student_loss_start_epoch: 30`) as RepDistiller, whose student waits.
+    follows). As in RepDistiller, whose student waits for the paraphraser,
+    cross-entropy starts after the stage: `ft_fmnist.yaml` sets
+    `student_loss_start_epoch: 30`, the results suite's row its first
+    quarter (`SuiteRow.pretrain_fraction`).
     Unlike the other losses, FT never passes gradient to the teacher's map.
 
     Args:
