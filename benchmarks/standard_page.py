@@ -230,7 +230,10 @@ def rows_section(table: dict, cells: list) -> tuple[str, list[dict]]:
 
 
 #: Why a method of the zoo does not beat KD in the standard suite (row key -> note), written from its runs.
-METHOD_NOTES: dict[str, str] = {}
+METHOD_NOTES: dict[str, str] = {
+    "baseline": "no teacher",
+    "fitnet": "also below CE alone: CE + the stage-2 hint, no soft targets (the CRD table's convention)",
+}
 
 
 def methods_vs_kd(table: dict, cells: list, kd: tuple[str, str], seeds: int, notes: dict[str, str]) -> str:
