@@ -194,29 +194,22 @@ class ABLoss(LayerLevelsLoss):
 
     # -- shapes and parts --------------------------------------------------------
 
-    def _level_shapes(self, teacher_shapes: dict, student_shapes: dict) -> tuple[list, list]:
-        """Every level's (teacher shapes, student shapes), checked; raises naming the layers."""
-        levels = []
-        for role, shapes, names in (("teacher", teacher_shapes, self.teacher_layer_names),
-                                    ("student", student_shapes, self.student_layer_names)):
-            found = []
-            for name in names:
-                if name not in shapes:
-                    raise ValueError(f"AB reads the {role}'s layer {name!r}, which was not tapped.")
-                shape = tuple(shapes[name])
-                if len(shape) != 4 or any(d is None for d in shape[1:]):
-                    raise ValueError(f"AB needs fixed-size (batch, H, W, C) maps; the {role}'s {name!r} is "
-                                     f"{describe(shape)}.")
-                found.append(shape)
-            levels.append(found)
-        for name_t, name_s, t, s in zip(self.teacher_layer_names, self.student_layer_names, *levels, strict=True):
+    method_label = "AB"
+
+    def check_level_shape(self, role, name, shape):
+        if len(shape) != 4 or any(d is None for d in shape[1:]):
+            raise ValueError(f"AB needs fixed-size (batch, H, W, C) maps; the {role}'s {name!r} is "
+                             f"{describe(shape)}.")
+
+    def check_level_pairs(self, teachers, students):
+        for name_t, name_s, t, s in zip(self.teacher_layer_names, self.student_layer_names, teachers, students,
+                                        strict=True):
             ratios = {max(a, b) // min(a, b) if max(a, b) % min(a, b) == 0 else 0 for a, b in zip(t[1:3], s[1:3], strict=True)}
             same_direction = (t[1] >= s[1]) == (t[2] >= s[2])
             if 0 in ratios or len(ratios) != 1 or not same_direction:
                 raise ValueError(
                     f"AB's connector cannot map the student's {name_s!r} {describe(s)} onto the teacher's "
                     f"{name_t!r} {describe(t)}: the map sizes must differ by one integer factor.")
-        return levels[0], levels[1]
 
     def check_shapes(self, teacher_shape, student_shape):
         for role, shape, name in (("teacher", teacher_shape, self.teacher_key),

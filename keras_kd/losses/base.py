@@ -339,9 +339,30 @@ class LayerLevelsLoss(DistillationLoss):
     parts_builder: str | None = None
     parts_noun = "parts"
 
+    #: How errors about the levels name the method (e.g. "AB").
+    method_label = "This loss"
+
+    def check_level_shape(self, role: str, name: str, shape: tuple) -> None:
+        """Raise ValueError when the `role`'s ("teacher"/"student") layer `name` has an unusable shape."""
+
+    def check_level_pairs(self, teachers: list, students: list) -> None:
+        """Raise ValueError when a level's teacher and student shapes cannot be paired."""
+
     def _level_shapes(self, teacher_shapes: dict, student_shapes: dict) -> tuple[list, list]:
-        """Every level's (teacher, student) shapes, checked (subclasses)."""
-        raise NotImplementedError
+        """Every level's (teacher shapes, student shapes), checked; raises naming the layers."""
+        levels = []
+        for role, shapes, names in (("teacher", teacher_shapes, self.teacher_layer_names),
+                                    ("student", student_shapes, self.student_layer_names)):
+            found = []
+            for name in names:
+                if name not in shapes:
+                    raise ValueError(f"{self.method_label} reads the {role}'s layer {name!r}, which was not tapped.")
+                shape = tuple(shapes[name])
+                self.check_level_shape(role, name, shape)
+                found.append(shape)
+            levels.append(found)
+        self.check_level_pairs(*levels)
+        return levels[0], levels[1]
 
     def check_tapped_shapes(self, teacher_shapes, student_shapes):
         self._level_shapes(teacher_shapes, student_shapes)

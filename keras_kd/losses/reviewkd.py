@@ -349,25 +349,15 @@ class ReviewKDLoss(LayerLevelsLoss):
 
     # -- shapes and parts --------------------------------------------------------
 
-    def _level_shapes(self, teacher_shapes: dict, student_shapes: dict) -> tuple[list, list]:
-        """Every level's (teacher, student) shapes, checked; raises naming the layers."""
-        levels = []
-        for role, shapes, names in (("teacher", teacher_shapes, self.teacher_layer_names),
-                                    ("student", student_shapes, self.student_layer_names)):
-            found = []
-            for name in names:
-                if name not in shapes:
-                    raise ValueError(f"ReviewKD reads the {role}'s layer {name!r}, which was not tapped.")
-                shape = tuple(shapes[name])
-                if len(shape) not in (2, 4):
-                    raise ValueError(
-                        f"ReviewKD needs (batch, H, W, C) maps or pooled (batch, C) features; the {role}'s "
-                        f"{name!r} is {describe(shape)}.")
-                if any(d is None for d in shape[1:]):
-                    raise ValueError(f"ReviewKD needs fixed map sizes; the {role}'s {name!r} is {describe(shape)}.")
-                found.append(shape)
-            levels.append(found)
-        return levels[0], levels[1]
+    method_label = "ReviewKD"
+
+    def check_level_shape(self, role, name, shape):
+        if len(shape) not in (2, 4):
+            raise ValueError(
+                f"ReviewKD needs (batch, H, W, C) maps or pooled (batch, C) features; the {role}'s "
+                f"{name!r} is {describe(shape)}.")
+        if any(d is None for d in shape[1:]):
+            raise ValueError(f"ReviewKD needs fixed map sizes; the {role}'s {name!r} is {describe(shape)}.")
 
     def check_shapes(self, teacher_shape, student_shape):
         for role, shape, name in (("teacher", teacher_shape, self.teacher_key),
