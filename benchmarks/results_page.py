@@ -211,17 +211,10 @@ def write(suite: str, table: dict, cells: list, docs: str) -> None:
     if plot:
         body.append(f"\n![accuracy vs parameters](figures/{plot.name})")
     write_section(docs, f"{suite}-table", f"All methods ({suite} suite)", "\n".join(body))
-    from benchmarks.standard_page import mean_std, methods_vs_kd
+    from benchmarks.standard_page import methods_vs_kd, row_record
 
-    records = []
-    for cell in cells:
-        results = table.get((cell.group, cell.key), [])
-        test = [100 * r["test_accuracy"] for r in results if "test_accuracy" in r]
-        if test:
-            mean, std = mean_std(test)
-            records.append({"suite": suite, "regime": cell.regime, "group": cell.group, "row": cell.key,
-                            "label": cell.label, "mean": round(mean, 3), "std": round(std, 3), "seeds": len(test),
-                            "params": results[0].get("params"), "macs": results[0].get("macs")})
+    records = [row_record(suite, cell, table[(cell.group, cell.key)]) for cell in cells
+               if table.get((cell.group, cell.key))]
     write_results_json(Path(docs).with_suffix(".json"), suite, records)
 
     write_section(docs, f"{suite}-zoo", f"Every method against KD ({suite} suite)",
