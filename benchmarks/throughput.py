@@ -135,7 +135,8 @@ def configurations(teacher, input_shape):
     for name, row in registry.suite_rows():
         if name == "kd" or getattr(losses.loss_class(name), "needs_sample_index", False):
             continue  # logit KD is the reference above; memory-bank losses need indexed batches (crd_configurations)
-        # A pre-training stage (AB, FT) switches terms on and off inside the same compiled step: same cost.
+        # Every timed fit starts at epoch 0: AB and FT are timed in their 1-epoch pre-training stage (AB computes
+        # its terms in every epoch anyway; FT runs only the current stage's modules, here the paraphraser).
         built, weights = build_losses(row.loss_specs(name, epochs=4))
         configs[f"keras_kd {row.label}"] = (ours(built, weights, row.student_loss_weight), "fit")
     configs["keras.distillation logits"] = (keras_logits, "fit")
