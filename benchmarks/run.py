@@ -523,6 +523,12 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     global PAUSE_FILE
     PAUSE_FILE = args.pause_file
+    if args.only:
+        known = {name for cell in cells(args.suite) for name in (cell.group, f"{cell.group}/{cell.key}")}
+        unknown = [selected for selected in args.only if selected not in known]
+        if unknown:
+            parser.error(f"--only: no group or row {', '.join(unknown)} in the {args.suite} suite "
+                         f"(groups: {', '.join(sorted({c.group for c in cells(args.suite)}))}).")
     if args.suite == "full" and SUITES["full"].teacher_epochs:
         print("full suite: teachers are the committed references unless retrained with "
               "`keras-kd train-teacher --set train.epochs=...` (see docs/results.md)")

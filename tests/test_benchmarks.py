@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from benchmarks import results_page, run
 from keras_kd.projector import plot_embeddings, project_2d
@@ -202,3 +203,9 @@ def test_results_json_keeps_the_other_suites_rows(tmp_path):
     data = json.loads(path.read_text())
     assert data["rows"] == [{"suite": "standard", "row": "kd"}, {"suite": "quick", "row": "kd"}]
     assert data["claims"] == [claim]
+
+
+def test_only_names_an_unknown_group_or_row(capsys):
+    with pytest.raises(SystemExit):
+        run.main(["--suite", "quick", "--only", "features/nope", "--report-only"])
+    assert "--only: no group or row features/nope in the quick suite (groups: " in capsys.readouterr().err
