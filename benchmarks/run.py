@@ -25,7 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import yaml  # noqa: E402
 
-from keras_kd import registry  # noqa: E402
+from keras_kd import _compat, registry  # noqa: E402
 from trainers import runs  # noqa: E402
 from trainers.config import dump, load_config  # noqa: E402
 from trainers.quickstart import CONFIGS  # noqa: E402
@@ -472,6 +472,20 @@ def same_run(suite: str, cell: Cell, seed: int, config) -> Path | None:
     return None
 
 
+def interrupted_epoch(folder: Path, config, teachers: set[str]) -> int:
+    """The epoch an interrupted run of this very config in `folder` has
+    reached (its last backup), or 0 when the cell must start over: no backup,
+    another config, or a teacher retrained (in this process or since the run
+    started)."""
+    metadata = folder / "backup" / "training_metadata.json"
+    if not metadata.is_file() or teachers & RETRAINED or runs.config_changes(folder, config):
+        return 0
+    started = (folder / "config.yaml").stat().st_mtime
+    if any(Path(t).exists() and Path(t).stat().st_mtime > started for t in teachers):
+        return 0
+    return _compat.resumed_epoch(folder / "backup")
+
+
 def run_cell(suite: str, cell: Cell, seed: int) -> dict:
     config = resolve(suite, cell, seed)
     folder = cell_dir(suite, cell, seed)
@@ -490,7 +504,10 @@ def run_cell(suite: str, cell: Cell, seed: int) -> dict:
     while PAUSE_FILE and Path(PAUSE_FILE).exists():  # lets a timing benchmark run on a quiet machine
         time.sleep(5)
     start = time.perf_counter()
-    result = runs.train(config, overwrite=True)
+    resume = interrupted_epoch(folder, config, teachers)
+    if resume:
+        print(f"[{suite}] {cell.group}/{cell.key} seed {seed}: resuming at epoch {resume + 1}", flush=True)
+    result = runs.train(config, overwrite=not resume, resume=bool(resume))
     RETRAINED.add(str(folder))
     print(f"[{suite}] {cell.group}/{cell.key} seed {seed}: {100 * result['test_accuracy']:.2f}% "
           f"in {time.perf_counter() - start:.0f} s", flush=True)

@@ -1,6 +1,7 @@
 """The results suite's bookkeeping and page generation (no training)."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -209,3 +210,27 @@ def test_only_names_an_unknown_group_or_row(capsys):
     with pytest.raises(SystemExit):
         run.main(["--suite", "quick", "--only", "features/nope", "--report-only"])
     assert "--only: no group or row features/nope in the quick suite (groups: " in capsys.readouterr().err
+
+
+def test_an_interrupted_cell_resumes_only_with_its_config_and_teachers(tmp_path):
+    cell = next(c for c in run.cells("quick") if c.key == "sftn_kd")
+    config = run.resolve("quick", cell, 0)
+    teacher = tmp_path / "teacher.keras"
+    teacher.write_text("weights")
+    folder = tmp_path / "cell"
+    (folder / "backup").mkdir(parents=True)
+    assert run.interrupted_epoch(folder, config, {str(teacher)}) == 0  # no config yet
+    (folder / "config.yaml").write_text(run.dump(config))
+    assert run.interrupted_epoch(folder, config, {str(teacher)}) == 0  # no backup metadata
+    (folder / "backup" / "training_metadata.json").write_text(json.dumps({"epoch": 3}))
+    assert run.interrupted_epoch(folder, config, {str(teacher)}) == 3
+    assert run.interrupted_epoch(folder, run.resolve("quick", cell, 1), {str(teacher)}) == 0
+    started = (folder / "config.yaml").stat().st_mtime
+    os.utime(teacher, (started + 10, started + 10))  # teacher rewritten after the run started
+    assert run.interrupted_epoch(folder, config, {str(teacher)}) == 0
+    os.utime(teacher, (started - 10, started - 10))
+    run.RETRAINED.add(str(teacher))
+    try:
+        assert run.interrupted_epoch(folder, config, {str(teacher)}) == 0
+    finally:
+        run.RETRAINED.discard(str(teacher))

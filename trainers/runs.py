@@ -46,10 +46,15 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def _check_same_config(run_dir: Path, config: RunConfig) -> None:
+def config_changes(run_dir: Path, config: RunConfig) -> list[str]:
+    """The dotted config keys where `config` differs from `run_dir/config.yaml`."""
     saved = _flatten(yaml.safe_load((run_dir / "config.yaml").read_text()) or {})
     current = _flatten(yaml.safe_load(dump(config)))
-    changed = sorted(key for key in saved.keys() | current.keys() if saved.get(key) != current.get(key))
+    return sorted(key for key in saved.keys() | current.keys() if saved.get(key) != current.get(key))
+
+
+def _check_same_config(run_dir: Path, config: RunConfig) -> None:
+    changed = config_changes(run_dir, config)
     if changed:
         raise RunError(
             f"Cannot resume {run_dir}: the config differs from the saved one in "
