@@ -4,6 +4,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from keras_kd import Distiller, losses
 
@@ -93,6 +94,19 @@ def test_rkd_matches_numpy(wd, wa):
     np.testing.assert_allclose(float(value), np_rkd(t, s, wd, wa), rtol=1e-4, atol=1e-6)
 
 
+def test_rkd_angles_of_offset_features_and_duplicates_match_numpy():
+    # Post-ReLU embeddings sit far from the origin; the Gram form centres them first.
+    t = 10 + RNG.normal(size=(8, 16))
+    s = 5 + RNG.normal(size=(8, 6))
+    t[3], s[5] = t[1], s[2]  # duplicate rows: no angle at them
+    value = losses.RKDLoss(distance_weight=0.0, angle_weight=1.0)(t.astype("float32"), s.astype("float32"))
+    np.testing.assert_allclose(float(value), np_rkd(t, s, 0.0, 1.0), rtol=1e-4)
+    s_var = keras.Variable(s.astype("float32"))
+    with tf.GradientTape() as tape:
+        loss = losses.RKDLoss()(t.astype("float32"), s_var)
+    assert np.isfinite(tape.gradient(loss, s_var).numpy()).all()
+
+
 def test_nst_matches_numpy_and_pools_the_larger_map():
     t, s = RNG.random(size=(3, 4, 4, 6)), RNG.random(size=(3, 4, 4, 5))
     np.testing.assert_allclose(float(losses.NSTLoss()(t.astype("float32"), s.astype("float32"))), np_nst(t, s),
@@ -101,6 +115,10 @@ def test_nst_matches_numpy_and_pools_the_larger_map():
     pooled = big.reshape(3, 4, 2, 4, 2, 6).mean(axis=(2, 4))
     np.testing.assert_allclose(float(losses.NSTLoss()(big.astype("float32"), s.astype("float32"))),
                                np_nst(pooled, s), rtol=1e-4)
+    # A 2x2 map with more channels than positions takes the (P, P) Gram form.
+    t, s = RNG.random(size=(3, 2, 2, 9)), RNG.random(size=(3, 2, 2, 7))
+    np.testing.assert_allclose(float(losses.NSTLoss()(t.astype("float32"), s.astype("float32"))), np_nst(t, s),
+                               rtol=1e-4)
     with pytest.raises(ValueError, match="NST needs \\(batch, H, W, C\\) feature maps"):
         losses.NSTLoss().check_shapes((None, 10), (None, 4, 4, 3))
 

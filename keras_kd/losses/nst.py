@@ -13,12 +13,28 @@ def _channel_maps(features):
     """(batch, H*W, channels), each channel's spatial map L2-normalized."""
     batch, height, width, channels = (ops.shape(features)[0], *features.shape[1:])
     maps = ops.reshape(features, (batch, height * width, channels))
-    return maps / ops.maximum(ops.norm(maps, axis=1, keepdims=True), 1e-12)
+    return maps * ops.rsqrt(ops.maximum(ops.sum(ops.square(maps), axis=1, keepdims=True), 1e-24))
 
 
-def _poly_mean(a, b):
-    """Mean of the squared inner products between every channel map of `a` and of `b`."""
-    return ops.mean(ops.square(ops.einsum("bpc,bpd->bcd", a, b)))
+def _squared_mmd(t, s):
+    """Mean k(t, t') + mean k(s, s') - 2 mean k(s, t) for k(x, y) = (x . y)^2
+    over the columns of t (batch, P, Ct) and s (batch, P, Cs), averaged over
+    the batch.
+
+    With A = T^T S, `sum k(t_c, s_d) = ||T^T S||_F^2 = <T T^T, S S^T>_F`, so
+    the whole sum is also `||T T^T / Ct - S S^T / Cs||_F^2`: two (P, P) Grams
+    instead of three channel-by-channel products. Whichever form needs fewer
+    multiplications for these shapes is used (the P x P one on small maps).
+    """
+    positions, ct, cs = t.shape[1], t.shape[2], s.shape[2]
+    if positions * (ct + cs) < ct * ct + ct * cs + cs * cs:
+        difference = ops.einsum("bpc,bqc->bpq", t, t) / ct - ops.einsum("bpc,bqc->bpq", s, s) / cs
+        return ops.mean(ops.sum(ops.square(difference), axis=(1, 2)))
+
+    def poly_mean(a, b):
+        return ops.mean(ops.square(ops.einsum("bpc,bpd->bcd", a, b)))
+
+    return poly_mean(t, t) + poly_mean(s, s) - 2.0 * poly_mean(s, t)
 
 
 @register_loss(
@@ -56,6 +72,5 @@ class NSTLoss(DistillationLoss):
 
     def compute_loss(self, teacher_output, student_output, context: LossContext):
         size = _common_size(teacher_output.shape, student_output.shape)
-        t = _channel_maps(_pool_to(teacher_output, size))
-        s = _channel_maps(_pool_to(student_output, size))
-        return _poly_mean(t, t) + _poly_mean(s, s) - 2.0 * _poly_mean(s, t)
+        return _squared_mmd(_channel_maps(_pool_to(teacher_output, size)),
+                            _channel_maps(_pool_to(student_output, size)))
