@@ -66,14 +66,17 @@ class StepClock(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self.start)
 
 
-def timed_fit(model, ds, images: int, epochs: int) -> float:
-    model.fit(ds, epochs=1, verbose=0, shuffle=False)  # warm-up: tracing
+def timed_fit(model, ds, images: int, epochs: int, initial_epoch: int = 0) -> float:
+    """img/s of `model.fit` from `initial_epoch` (a distiller's epoch counter,
+    which selects the stage of staged methods)."""
+    model.fit(ds, initial_epoch=initial_epoch, epochs=initial_epoch + 1, verbose=0, shuffle=False)  # tracing
     clock = StepClock()
-    model.fit(ds, epochs=epochs, verbose=0, shuffle=False, callbacks=[clock])
+    model.fit(ds, initial_epoch=initial_epoch, epochs=initial_epoch + epochs, verbose=0, shuffle=False,
+              callbacks=[clock])
     return images * epochs / len(clock.seconds) / np.percentile(clock.seconds, STEP_PERCENTILE)
 
 
-def timed_predict(model, ds, images: int, epochs: int) -> float:
+def timed_predict(model, ds, images: int, epochs: int, initial_epoch: int = 0) -> float:
     step = tf.function(lambda x: model(x, training=False), jit_compile=JIT)
     for x, _ in ds:
         step(x)
@@ -135,10 +138,15 @@ def configurations(teacher, input_shape):
     for name, row in registry.suite_rows():
         if name == "kd" or getattr(losses.loss_class(name), "needs_sample_index", False):
             continue  # logit KD is the reference above; memory-bank losses need indexed batches (crd_configurations)
-        # Every timed fit starts at epoch 0: AB and FT are timed in their 1-epoch pre-training stage (AB computes
-        # its terms in every epoch anyway; FT runs only the current stage's modules, here the paraphraser).
         built, weights = build_losses(row.loss_specs(name, epochs=4))
-        configs[f"keras_kd {row.label}"] = (ours(built, weights, row.student_loss_weight), "fit")
+        stage = row.stage_epochs(4)
+        # A staged method (AB's initialisation, FT's paraphraser) is timed in each stage: the fit starts
+        # at its first epoch (FT runs only the current stage's modules; AB computes its terms throughout).
+        configs[f"keras_kd {row.label}" + (", in its pre-training stage" if stage else "")] = (
+            ours(built, weights, row.student_loss_weight), "fit")
+        if stage:
+            configs[f"keras_kd {row.label}, after its stage"] = (ours(built, weights, row.student_loss_weight),
+                                                               "fit", stage)
     configs["keras.distillation logits"] = (keras_logits, "fit")
     configs["keras.distillation logits + FeatureDistillation"] = (keras_features, "fit")
     return configs
@@ -258,7 +266,8 @@ REFERENCE_TEACHER = "saved_models/reference/teacher_resnet20_fmnist10/model.kera
 def kd_main(args, ds, source, images) -> None:
     teacher = (keras.models.load_model(REFERENCE_TEACHER) if os.path.isfile(REFERENCE_TEACHER)
                else models.get("resnet20", (28, 28, 1), 10))
-    configs = {name: (factory, kind, ds) for name, (factory, kind) in configurations(teacher, (28, 28, 1)).items()}
+    configs = {name: (factory, kind, ds, *start) for name, (factory, kind, *start)
+               in configurations(teacher, (28, 28, 1)).items()}
     configs.update(crd_configurations(teacher, (28, 28, 1), ds))
     if args.match:
         keep = ("plain student fit (resnet8)", "teacher inference (resnet20)", "keras_kd logit KD")
@@ -388,14 +397,15 @@ def kind_of(configs, name):
 
 
 def best_of_rounds(configs: dict, images: int, args) -> dict[str, float]:
-    """Best img/s of each `name -> (factory, "fit"|"predict", dataset)` over
-    `args.rounds` interleaved rounds (a fresh model per measurement), each
-    measurement from its `STEP_PERCENTILE`-th percentile step time."""
+    """Best img/s of each `name -> (factory, "fit"|"predict", dataset[, initial
+    epoch])` over `args.rounds` interleaved rounds (a fresh model per
+    measurement), each measurement from its `STEP_PERCENTILE`-th percentile
+    step time."""
     best = {name: 0.0 for name in configs}
     for round_index in range(args.rounds):
-        for name, (factory, kind, data_ds) in configs.items():
+        for name, (factory, kind, data_ds, *start) in configs.items():
             measure = timed_fit if kind == "fit" else timed_predict
-            value = measure(factory(), data_ds, images, args.epochs)
+            value = measure(factory(), data_ds, images, args.epochs, *start)
             best[name] = max(best[name], value)
             print(f"round {round_index + 1} {name}: {value:.0f} img/s (best {best[name]:.0f})", flush=True)
     return best
