@@ -252,6 +252,11 @@ def tuning_cells() -> list[Cell]:
             ("hint_layer", "stage2 (hint/guided layer), weight 1.5",
              (_losses({**lp, "teacher_layer_name": "stage2", "student_layer_name": "stage2", "normalize": False,
                        "weight": 1.5}),)),
+            # Separates the paper's layer from its raw scale: the raw stage2 run's first-epoch LP term
+            # (~5e4) blows the weights up (the L2 term reaches ~9e5) and the student stays at chance.
+            ("hint_layer_norm", "stage2 (hint/guided layer), L2-normalised, weight 10",
+             (_losses({**lp, "teacher_layer_name": "stage2", "student_layer_name": "stage2", "normalize": True,
+                       "weight": 10.0}),)),
         ]),
         "ekd": ("EKD, variant chosen on validation", "ekd_fmnist.yaml", "distill", "sum_if_needed", [
             (f"{w}_{a}", f"branch terms {w}, adapter {a}",
