@@ -520,17 +520,30 @@ def run_cell(suite: str, cell: Cell, seed: int) -> dict:
 
 
 def collect(suite: str) -> dict:
-    """{(group, key): [results per seed]} of every finished cell on disk."""
-    table = {}
+    """{(group, key): [results per seed]} of every finished cell on disk, and
+    of every cell not run yet whose config is exactly that of a finished run
+    (the runner will reuse that run: `same_run`), so the page shows it now."""
+    by_config, results, waiting = {}, {}, []
     for cell in cells(suite):
-        seeds = cell.seeds or SUITES[suite].seeds
-        found = []
-        for seed in seeds:
-            path = cell_dir(suite, cell, seed) / "results.json"
-            if path.is_file():
-                found.append(json.loads(path.read_text()))
-        table[(cell.group, cell.key)] = found
-    return table
+        for seed in cell.seeds or SUITES[suite].seeds:
+            folder = cell_dir(suite, cell, seed)
+            if (folder / "results.json").is_file():
+                results[(cell, seed)] = json.loads((folder / "results.json").read_text())
+            try:
+                config = resolve(suite, cell, seed)
+            except TuningPendingError:
+                continue
+            key = json.dumps(_located_elsewhere(config), sort_keys=True, default=str)
+            if (cell, seed) not in results:
+                waiting.append((cell, seed, key))
+            elif finished(folder, config) is not None:
+                by_config.setdefault(key, {**results[(cell, seed)], "same_run_as": str(folder)})
+    for cell, seed, key in waiting:
+        if key in by_config:
+            results[(cell, seed)] = by_config[key]
+    return {(cell.group, cell.key): [results[(cell, seed)] for seed in cell.seeds or SUITES[suite].seeds
+                                     if (cell, seed) in results]
+            for cell in cells(suite)}
 
 
 def main(argv=None) -> None:

@@ -234,3 +234,20 @@ def test_an_interrupted_cell_resumes_only_with_its_config_and_teachers(tmp_path)
         assert run.interrupted_epoch(folder, config, {str(teacher)}) == 0
     finally:
         run.RETRAINED.discard(str(teacher))
+
+
+def test_the_page_shows_a_pending_cell_that_will_reuse_a_finished_run(tmp_path, monkeypatch):
+    import dataclasses
+
+    monkeypatch.setitem(run.SUITES, "standard", dataclasses.replace(run.SUITES["standard"], root=str(tmp_path)))
+    candidate = next(c for c in run.cells("standard") if (c.group, c.key) == ("tuning", "kd_t4"))
+    paper = next(c for c in run.cells("standard") if (c.group, c.key) == ("paper", "kd"))
+    folder = run.cell_dir("standard", candidate, 0)
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps({"test_accuracy": 0.9}))
+    assert run.collect("standard")[("paper", "kd")] == []  # no config.yaml: not known to be the same run
+    (folder / "config.yaml").write_text(run.dump(run.resolve("standard", candidate, 0)))
+    table = run.collect("standard")
+    assert table[("tuning", "kd_t4")] == [{"test_accuracy": 0.9}]
+    assert table[("paper", "kd")] == [{"test_accuracy": 0.9, "same_run_as": str(folder)}]
+    assert run.same_run("standard", paper, 0, run.resolve("standard", paper, 0)) == folder
