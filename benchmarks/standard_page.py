@@ -168,9 +168,11 @@ FAMILY_NOTES = {
     "lp": "The paper's placement (hint layer `stage2`, raw features, weight 1.5) diverges here: the LP term "
           "starts at about 5e4 (squared distances between 14x14x32 maps), the first updates blow the weights "
           "up (the coupled-L2 part of the loss is still ~2.6e5 at the last epoch), and the student ends at "
-          "chance (10.00% validation and test) with the LP term at zero: collapsed features satisfy it. On "
-          "the pooled embedding the raw loss trains (90.48% validation) and L2-normalised features with "
-          "weight 10 do best (90.63%); none reaches KD with T = 4 (90.97%).",
+          "chance (10.00% validation and test) with the LP term at zero: collapsed features satisfy it. "
+          "Scale is not the only cause: at `stage2` with L2-normalised maps and weight 10 the student trains "
+          "but ends at 88.47% validation, below CE alone (90.18%). On the pooled embedding the raw loss "
+          "trains (90.48%) and L2-normalised features with weight 10 do best (90.63%); none reaches KD with "
+          "T = 4 (90.97%).",
 }
 
 
