@@ -20,9 +20,13 @@ def write_section(path: str, key: str, title: str, body: str) -> None:
 
 def write_results_json(path: str | Path, suite: str, rows: list[dict], claims: list[dict] | None = None) -> None:
     """Replaces `suite`'s rows (and, when given, the claims) of the machine-readable results,
-    keeping the other suites' rows."""
+    keeping the other suites' rows; suites in alphabetical order, each in its page's order, so
+    regenerating one suite leaves the file's diff to what changed."""
     file = Path(path)
     data = json.loads(file.read_text()) if file.is_file() else {}
-    kept = [row for row in data.get("rows", []) if row.get("suite") != suite]
-    data = {"rows": kept + rows, "claims": data.get("claims", []) if claims is None else claims}
+    by_suite = {}
+    for row in [r for r in data.get("rows", []) if r.get("suite") != suite] + rows:
+        by_suite.setdefault(row.get("suite"), []).append(row)
+    ordered = [row for name in sorted(by_suite, key=str) for row in by_suite[name]]
+    data = {"rows": ordered, "claims": data.get("claims", []) if claims is None else claims}
     file.write_text(json.dumps(data, indent=2) + "\n")

@@ -243,6 +243,11 @@ METHOD_NOTES: dict[str, str] = {
 }
 
 
+def _runs(results: list[dict]) -> list[tuple]:
+    """What identifies a finished run across the cells that reuse it."""
+    return [(r["test_accuracy"], r.get("validation_accuracy"), r.get("train_time_s")) for r in results]
+
+
 def methods_vs_kd(table: dict, cells: list, kd: tuple[str, str], seeds: int, notes: dict[str, str]) -> str:
     """Every `features` row against the KD row `kd` (`(group, key)`): the
     difference of the means and the same 2x pooled-std rule as the claims."""
@@ -252,7 +257,11 @@ def methods_vs_kd(table: dict, cells: list, kd: tuple[str, str], seeds: int, not
     for cell in cells:
         if cell.group != "features" or cell.regime != "10%" or (cell.group, cell.key) == kd:
             continue
-        row = [100 * r["test_accuracy"] for r in table.get((cell.group, cell.key), [])]
+        results = table.get((cell.group, cell.key), [])
+        row = [100 * r["test_accuracy"] for r in results]
+        if results and _runs(results) == _runs(table.get(kd, [])):
+            lines.append(f"| {cell.label} | {fmt(row)} | — | — | — | the same runs as the reference row |")
+            continue
         result = verdict(row, base, seeds)
         if result["difference"] is None:
             lines.append(f"| {cell.label} | {fmt(row)} | — | — | pending | |")

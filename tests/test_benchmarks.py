@@ -202,8 +202,11 @@ def test_results_json_keeps_the_other_suites_rows(tmp_path):
     write_results_json(path, "quick", [{"suite": "quick", "row": "kd"}, {"suite": "quick", "row": "ce"}])
     write_results_json(path, "quick", [{"suite": "quick", "row": "kd"}])
     data = json.loads(path.read_text())
-    assert data["rows"] == [{"suite": "standard", "row": "kd"}, {"suite": "quick", "row": "kd"}]
+    assert data["rows"] == [{"suite": "quick", "row": "kd"}, {"suite": "standard", "row": "kd"}]
     assert data["claims"] == [claim]
+    write_results_json(path, "standard", [{"suite": "standard", "row": "ce"}, {"suite": "standard", "row": "kd"}])
+    assert json.loads(path.read_text())["rows"] == [  # suites keep their places whichever was written last
+        {"suite": "quick", "row": "kd"}, {"suite": "standard", "row": "ce"}, {"suite": "standard", "row": "kd"}]
 
 
 def test_only_names_an_unknown_group_or_row(capsys):
