@@ -18,7 +18,9 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 import time
+import traceback
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -491,6 +493,21 @@ def interrupted_epoch(folder: Path, config, teachers: set[str]) -> int:
     return _compat.resumed_epoch(folder / "backup")
 
 
+def record_failure(suite: str, cell: Cell, seed: int, error: Exception) -> str:
+    """Writes the traceback of a cell that raised to `<cell folder>/failed.txt`
+    (removed when the cell next runs) and returns its one-line summary."""
+    folder = cell_dir(suite, cell, seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / FAILED).write_text("".join(traceback.format_exception(error)))
+    line = f"{cell.group}/{cell.key} seed {seed}: {type(error).__name__}: {error}"
+    print(f"[{suite}] FAILED {line}", flush=True)
+    return line
+
+
+#: A failed cell's traceback, beside its partial run.
+FAILED = "failed.txt"
+
+
 def run_cell(suite: str, cell: Cell, seed: int) -> dict:
     config = resolve(suite, cell, seed)
     folder = cell_dir(suite, cell, seed)
@@ -509,6 +526,7 @@ def run_cell(suite: str, cell: Cell, seed: int) -> dict:
     while PAUSE_FILE and Path(PAUSE_FILE).exists():  # lets a timing benchmark run on a quiet machine
         time.sleep(5)
     start = time.perf_counter()
+    (folder / FAILED).unlink(missing_ok=True)
     resume = interrupted_epoch(folder, config, teachers)
     if resume:
         print(f"[{suite}] {cell.group}/{cell.key} seed {seed}: resuming at epoch {resume + 1}", flush=True)
@@ -567,6 +585,7 @@ def main(argv=None) -> None:
     if args.suite == "full" and SUITES["full"].teacher_epochs:
         print("full suite: teachers are the committed references unless retrained with "
               "`keras-kd train-teacher --set train.epochs=...` (see docs/results.md)")
+    failed = []
     if not args.report_only:
         for cell in ordered(args.suite):
             if args.only and not any(selected in (cell.group, f"{cell.group}/{cell.key}") for selected in args.only):
@@ -577,16 +596,23 @@ def main(argv=None) -> None:
                 except TuningPendingError as pending:
                     print(f"[{args.suite}] skipped: {pending}", flush=True)
                     break
+                except Exception as error:  # one failed cell must not stop an unattended suite
+                    failed.append(record_failure(args.suite, cell, seed, error))
+    if failed:
+        print(f"[{args.suite}] {len(failed)} cell(s) failed (their error is in failed.txt):\n  " + "\n  ".join(failed),
+              file=sys.stderr, flush=True)
     if args.suite == "standard":
         from benchmarks import standard_page
 
         standard_page.write(args.suite, collect(args.suite), cells(args.suite), args.docs or "docs/results.md",
                             SUITES[args.suite].root, len(SUITES[args.suite].seeds))
-        return
-    from benchmarks import results_page
+    else:
+        from benchmarks import results_page
 
-    docs = args.docs or ("docs/results.md" if args.suite == "quick" else f"docs/results_{args.suite}.md")
-    results_page.write(args.suite, collect(args.suite), cells(args.suite), docs)
+        docs = args.docs or ("docs/results.md" if args.suite == "quick" else f"docs/results_{args.suite}.md")
+        results_page.write(args.suite, collect(args.suite), cells(args.suite), docs)
+    if failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

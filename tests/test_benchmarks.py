@@ -254,3 +254,26 @@ def test_the_page_shows_a_pending_cell_that_will_reuse_a_finished_run(tmp_path, 
     assert table[("tuning", "kd_t4")] == [{"test_accuracy": 0.9}]
     assert table[("paper", "kd")] == [{"test_accuracy": 0.9, "same_run_as": str(folder)}]
     assert run.same_run("standard", paper, 0, run.resolve("standard", paper, 0)) == folder
+
+
+def test_a_failing_cell_is_recorded_and_the_suite_goes_on(tmp_path, monkeypatch, capsys):
+    import dataclasses
+
+    monkeypatch.setitem(run.SUITES, "quick", dataclasses.replace(run.SUITES["quick"], root=str(tmp_path)))
+    attempted = []
+
+    def fake_run_cell(suite, cell, seed):
+        attempted.append((cell.key, seed))
+        if (cell.key, seed) == ("kd", 1):
+            raise RuntimeError("loss became NaN")
+        return {}
+
+    monkeypatch.setattr(run, "run_cell", fake_run_cell)
+    with pytest.raises(SystemExit) as stop:
+        run.main(["--suite", "quick", "--only", "features/kd", "features/baseline", "--docs",
+                  str(tmp_path / "page.md")])
+    assert stop.value.code == 1
+    assert {("kd", 0), ("kd", 1), ("kd", 2), ("baseline", 0), ("baseline", 2)} <= set(attempted)
+    failed = tmp_path / "features" / "kd_seed1" / run.FAILED
+    assert "RuntimeError: loss became NaN" in failed.read_text()
+    assert "features/kd seed 1: RuntimeError: loss became NaN" in capsys.readouterr().err
