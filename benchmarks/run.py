@@ -8,8 +8,11 @@
 Each cell is a CLI config (trainers/configs/*.yaml plus overrides) run for
 several seeds; its run folder (config.yaml, train.log, history.csv,
 results.json) lies under `saved_models/benchmarks/...`. A cell whose folder
-already holds results for the same resolved config is not run again.
-`docs/results.md` is rewritten from the results on disk.
+already holds results for the same resolved config is not run again; one
+that was interrupted (same config, same teachers) resumes from its last
+epoch; one that raises leaves its traceback in `failed.txt` and the suite
+goes on (exit status 1 at the end). `docs/results.md` is rewritten from the
+results on disk.
 """
 
 from __future__ import annotations
