@@ -17,7 +17,7 @@ def build_sftn(
     *,
     student_arch: str,
     lambda_t: NonNegative = 1.0,
-    lambda_kl: NonNegative = 3.0,
+    lambda_kl: NonNegative = 1.0,
     lambda_ce: NonNegative = 1.0,
     temperature: Positive = 1.0,
     share_student_blocks: bool = True,
