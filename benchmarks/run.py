@@ -500,6 +500,10 @@ def interrupted_epoch(folder: Path, config, teachers: set[str]) -> int:
     return _compat.resumed_epoch(folder / "backup")
 
 
+#: A failed cell's traceback, beside its partial run.
+FAILED = "failed.txt"
+
+
 def record_failure(suite: str, cell: Cell, seed: int, error: Exception) -> str:
     """Writes the traceback of a cell that raised to `<cell folder>/failed.txt`
     (removed when the cell next runs) and returns its one-line summary."""
@@ -509,10 +513,6 @@ def record_failure(suite: str, cell: Cell, seed: int, error: Exception) -> str:
     line = f"{cell.group}/{cell.key} seed {seed}: {type(error).__name__}: {error}"
     print(f"[{suite}] FAILED {line}", flush=True)
     return line
-
-
-#: A failed cell's traceback, beside its partial run.
-FAILED = "failed.txt"
 
 
 def run_cell(suite: str, cell: Cell, seed: int) -> dict:
