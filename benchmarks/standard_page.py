@@ -250,6 +250,8 @@ def rows_section(table: dict, cells: list) -> tuple[str, list[dict]]:
 METHOD_NOTES: dict[str, str] = {
     "baseline": "no teacher",
     "fitnet": "also below CE alone: CE + the stage-2 hint, no soft targets (the CRD table's convention)",
+    "at": "also below CE alone (90.06): CE + attention maps of stages 1-3 at weight 1000, no soft targets "
+          "(the CRD table's convention); the ResNet20 teacher is only 0.2 points above ResNet8 here",
 }
 
 
