@@ -491,13 +491,13 @@ def interrupted_epoch(folder: Path, config, teachers: set[str]) -> int:
     reached (its last backup), or 0 when the cell must start over: no backup,
     another config, or a teacher retrained (in this process or since the run
     started)."""
-    metadata = folder / "backup" / "training_metadata.json"
-    if not metadata.is_file() or teachers & RETRAINED or runs.config_changes(folder, config):
+    epoch = _compat.resumed_epoch(folder / "backup")
+    if not epoch or teachers & RETRAINED or runs.config_changes(folder, config):
         return 0
     started = (folder / "config.yaml").stat().st_mtime
     if any(Path(t).exists() and Path(t).stat().st_mtime > started for t in teachers):
         return 0
-    return _compat.resumed_epoch(folder / "backup")
+    return epoch
 
 
 #: A failed cell's traceback, beside its partial run.

@@ -76,7 +76,7 @@ def timed_fit(model, ds, images: int, epochs: int, initial_epoch: int = 0) -> fl
     return images * epochs / len(clock.seconds) / np.percentile(clock.seconds, STEP_PERCENTILE)
 
 
-def timed_predict(model, ds, images: int, epochs: int, initial_epoch: int = 0) -> float:
+def timed_predict(model, ds, images: int, epochs: int) -> float:
     step = tf.function(lambda x: model(x, training=False), jit_compile=JIT)
     for x, _ in ds:
         step(x)
@@ -404,8 +404,10 @@ def best_of_rounds(configs: dict, images: int, args) -> dict[str, float]:
     best = {name: 0.0 for name in configs}
     for round_index in range(args.rounds):
         for name, (factory, kind, data_ds, *start) in configs.items():
-            measure = timed_fit if kind == "fit" else timed_predict
-            value = measure(factory(), data_ds, images, args.epochs, *start)
+            if kind == "fit":
+                value = timed_fit(factory(), data_ds, images, args.epochs, *start)
+            else:
+                value = timed_predict(factory(), data_ds, images, args.epochs)
             best[name] = max(best[name], value)
             print(f"round {round_index + 1} {name}: {value:.0f} img/s (best {best[name]:.0f})", flush=True)
     return best

@@ -95,7 +95,7 @@ def test_rkd_matches_numpy(wd, wa):
 
 
 def test_rkd_angles_of_offset_features_and_duplicates_match_numpy():
-    # Post-ReLU embeddings sit far from the origin; the Gram form centres them first.
+    # Post-ReLU embeddings sit far from the origin (where differences of Gram entries would lose precision).
     t = 10 + RNG.normal(size=(8, 16))
     s = 5 + RNG.normal(size=(8, 6))
     t[3], s[5] = t[1], s[2]  # duplicate rows: no angle at them
