@@ -181,3 +181,32 @@ def test_a_refused_step_leaves_the_memory_banks_untouched(jit_compile):
     changed = np.any(np.asarray(part.student_memory) != before["student_memory"], axis=1)
     np.testing.assert_array_equal(np.flatnonzero(changed), index)
     np.testing.assert_array_equal(np.asarray(part.memory_labels)[index], y)
+
+
+
+def test_the_first_batch_sets_z_as_a_constant():
+    # The authors detach Z: the first step's gradient is the one a preset Z of the same value gives.
+    import tensorflow as tf
+
+    rng = np.random.default_rng(5)
+    loss = losses.CRDLoss(num_samples=30, feature_dim=6, num_negatives=7)
+    teacher = tf.constant(rng.normal(size=(5, 12)), "float32")
+    student = tf.constant(rng.normal(size=(5, 4)), "float32")
+    index, labels = np.array([3, 11, 0, 29, 17]), np.array([0, 1, 2, 0, 1])
+    negatives = np.array([5, 3, 12, 3, 28, 0, 21], "int32")
+    results, z = [], None
+    for preset in (False, True):
+        keras.utils.set_random_seed(1)
+        part = loss.build_parts((None, 12), (None, 4))
+        part.sample = lambda: negatives
+        if preset:
+            part.z_student.assign(z[0])
+            part.z_teacher.assign(z[1])
+        with tf.GradientTape() as tape:
+            tape.watch(student)
+            value = loss(teacher, student, parts=part, training=True, inputs={"index": index}, labels=labels)
+        results.append((float(value), tape.gradient(value, student).numpy()))
+        z = float(part.z_student), float(part.z_teacher)
+    assert z[0] > 0 and z[1] > 0
+    np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-5)
+    np.testing.assert_allclose(results[1][1], results[0][1], rtol=1e-4, atol=1e-7)

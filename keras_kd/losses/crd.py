@@ -93,13 +93,20 @@ class ContrastMemory(DeferredStateUpdates, keras.layers.Layer):
         return positive / self.temperature, negative / self.temperature
 
     def log_z(self, positive, negative, z, training: bool):
-        """`log Z`, `Z = mean(exp(scores)) * num_samples` of the first training batch."""
-        scores = ops.concatenate([ops.expand_dims(positive, -1), negative], axis=-1)
-        count = ops.cast(ops.size(scores), scores.dtype)
-        first = ops.logsumexp(scores) - ops.log(count) + math.log(self.num_samples)
+        """`log Z`, `Z = mean(exp(scores)) * num_samples` of the first training
+        batch, a constant afterwards and never differentiated (the authors
+        detach it); the batch's scores are only reduced while `Z` is unset."""
+
+        def from_batch():
+            count = ops.cast(ops.size(negative) + ops.size(positive), negative.dtype)
+            total = ops.logsumexp(ops.stack([ops.logsumexp(positive), ops.logsumexp(negative)]))
+            return ops.stop_gradient(total - ops.log(count) + math.log(self.num_samples))
+
+        unset = ops.convert_to_tensor(z) < 0
+        value = ops.cond(unset, from_batch, lambda: ops.log(ops.maximum(ops.convert_to_tensor(z), 1e-30)))
         if training:
-            z.assign(ops.where(z < 0, ops.exp(first), z))
-        return ops.where(z < 0, first, ops.log(ops.maximum(ops.convert_to_tensor(z), 1e-30)))
+            z.assign(ops.where(unset, ops.exp(value), z))
+        return value
 
     @property
     def deferred_weights(self) -> list:
