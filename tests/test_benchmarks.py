@@ -112,8 +112,11 @@ def test_standard_verdicts_follow_the_two_pooled_std_rule(tmp_path):
                      "verdict": "reproduces"}
     row = next(r for r in report["rows"] if r["row"] == "lp")
     assert row["mean"] == 91.0 and row["std"] == 1.0 and row["seeds"] == 3 and row["suite"] == "standard"
-    assert "| LP (Chen et al. 2020) | LP beats KD | tuned | 91.00 ± 1.00 | 88.50 ± 0.50 | +2.50 | 1.58 |" in (
-        docs.read_text())
+    page = docs.read_text()
+    assert "| LP (Chen et al. 2020) | LP beats KD | tuned | 91.00 ± 1.00 | 88.50 ± 0.50 | +2.50 | 1.58 |" in page
+    # A paper's note shows once one of its claims in that setting has a verdict.
+    assert "* **LP (Chen et al. 2020), tuned setting.**" in page
+    assert "LP (Chen et al. 2020), paper setting" not in page and "SFTN (Park et al. 2021), tuned" not in page
 
 
 def test_headline_takes_the_best_single_teacher_row_and_tuned_seed0_reuses_its_candidate(tmp_path, monkeypatch):
