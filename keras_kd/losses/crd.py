@@ -88,9 +88,10 @@ class ContrastMemory(DeferredStateUpdates, keras.layers.Layer):
     def similarities(self, anchor, memory, index, negatives):
         """`<memory row, anchor> / T` for each example's own row `(batch,)` and
         for the shared negatives `(batch, num_negatives)`."""
+        anchor = anchor / self.temperature  # scaled before the products: batch x dim values, not batch x negatives
         positive = ops.sum(anchor * _rows(memory, index), axis=-1)
-        negative = ops.matmul(anchor, ops.transpose(_rows(memory, negatives)))
-        return positive / self.temperature, negative / self.temperature
+        negative = tf.linalg.matmul(anchor, _rows(memory, negatives), transpose_b=True)
+        return positive, negative
 
     def log_z(self, positive, negative, z, training: bool):
         """`log Z`, `Z = mean(exp(scores)) * num_samples` of the first training
