@@ -1,6 +1,8 @@
 """A run killed with SIGKILL mid-training resumes from its last epoch checkpoint."""
 
 import csv
+import datetime
+import json
 import os
 import signal
 import subprocess
@@ -48,6 +50,19 @@ def test_sigkill_then_resume_finishes_with_continuing_optimizer(tmp_path):
     # The optimizer continued: exactly 6 epochs of steps, not 6 + the killed ones.
     assert int(distiller.optimizer.iterations) == 6 * steps_per_epoch
     assert "epoch 6:" in (run_dir / "train.log").read_text()
+    # The training time counts the killed attempt's epochs too, not only the resumed attempt's:
+    # at least the span of each attempt's epoch lines in the log.
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["resumed_at_epoch"] >= 2
+    attempts, spans = [], []
+    for line in (run_dir / "train.log").read_text().splitlines():
+        if line.endswith(": config"):
+            attempts.append([])
+        elif " epoch " in line[23:31]:
+            attempts[-1].append(datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f"))
+    spans = [(times[-1] - times[0]).total_seconds() for times in attempts]
+    assert len(spans) == 2 and spans[0] > 0
+    assert results["train_time_s"] >= round(sum(spans), 1)
 
 
 def test_resume_refuses_a_changed_config(tmp_path, capsys):

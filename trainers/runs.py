@@ -173,6 +173,30 @@ class EpochLogger(keras.callbacks.Callback):
         LOG.info("epoch %d: %s", epoch + 1, items, extra=FILE_ONLY)
 
 
+_LOG_TIME = "%Y-%m-%d %H:%M:%S,%f"
+
+
+def logged_epoch_seconds(run_dir: Path) -> dict[int, float]:
+    """Seconds of each epoch (0-based) from `<run>/train.log`, across every
+    attempt of a resumed run: an epoch's line minus the log line before it
+    (its previous epoch, or the attempt's set-up for the first epoch of an
+    attempt); an epoch trained twice counts its last attempt."""
+    import datetime
+    import re
+
+    seconds, previous = {}, None
+    for line in (Path(run_dir) / "train.log").read_text().splitlines():
+        try:
+            stamp = datetime.datetime.strptime(line[:23], _LOG_TIME)
+        except ValueError:
+            continue  # the config dump's lines carry no time
+        match = re.match(r" epoch (\d+): ", line[23:])
+        if match and previous is not None:
+            seconds[int(match.group(1)) - 1] = (stamp - previous).total_seconds()
+        previous = stamp
+    return seconds
+
+
 def augmentation(config: RunConfig) -> data.Augmentation | None:
     """The run's seeded random views (`data.augment`), or None."""
     cfg = config.data
@@ -447,7 +471,8 @@ def callbacks(run_dir: Path, model_file: str, config: RunConfig) -> list:
 
 def _fit(model, config, train, steps, test, run_dir, model_file) -> float:
     """Compiles with the run's optimizer and XLA setting, trains with the run's
-    callbacks (`steps` batches per epoch); returns the wall-clock seconds."""
+    callbacks (`steps` batches per epoch); returns the wall-clock seconds of
+    this attempt."""
     if config.train.weight_decay_mode == "coupled":
         model.l2_weight_decay = config.train.weight_decay
     model.compile(optimizer=optimizer(config, steps), jit_compile=jit_setting(config))
@@ -566,6 +591,9 @@ def _train(config: RunConfig, overwrite: bool, resume: bool) -> dict:
         for folder, model, taps in trainer.projector_taps():
             write_run_projector(run_dir, model, test, taps, folder, class_names)
         extra = {"run_dir": str(run_dir), "epochs": _epochs_done(run_dir), "method": method.name, **cache_info}
+        if initial_epoch:  # the training time of every epoch, the earlier attempts' included
+            seconds = sum(logged_epoch_seconds(run_dir).values())
+            extra["resumed_at_epoch"] = initial_epoch
         if config.teacher.path:
             extra["teacher"] = config.teacher.path
         if config.teachers:
