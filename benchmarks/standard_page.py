@@ -300,7 +300,9 @@ CLAIM_NOTES: dict[tuple[str, str], str] = {
     ("SFTN (Park et al. 2021)", "paper"):
         "With lambda_KL = 3 the KL term to the student branches holds the ResNet20 teacher below the same "
         "network trained with CE (89.98% vs 90.24% test), and KD from it follows. The family `sftn` above "
-        "shows the cost growing with lambda_KL (teachers 90.44 / 89.98 / 87.64% for 1 / 3 / 10).",
+        "shows the cost growing with lambda_KL (teachers 90.44 / 89.98 / 87.64% for 1 / 3 / 10). AT from the "
+        "same teacher ties AT from the CE teacher (+0.07); AT from either stays below CE alone here (the zoo's "
+        "note on AT).",
     ("SFTN (Park et al. 2021)", "tuned"):
         "lambda_KL = 1, chosen on the KD student's validation accuracy, moves KD the claimed way (+0.12) but "
         "within the seeds' spread. The CE teacher is only 0.2 points above ResNet8 alone in this regime, "
