@@ -280,3 +280,30 @@ def test_a_failing_cell_is_recorded_and_the_suite_goes_on(tmp_path, monkeypatch,
     failed = tmp_path / "features" / "kd_seed1" / run.FAILED
     assert "RuntimeError: loss became NaN" in failed.read_text()
     assert "features/kd seed 1: RuntimeError: loss became NaN" in capsys.readouterr().err
+
+
+def test_paired_step_costs_divide_each_step_by_the_adjacent_reference_step(monkeypatch):
+    import argparse
+
+    from benchmarks import throughput
+
+    # A clock that doubles every step time after the second sweep (a slow phase): the method costs 1.5x
+    # the reference in both phases, which unpaired best-of timings would not tell from the phase.
+    calls = []
+
+    def timer(factory, kind, data_ds, epoch=0):
+        def step():
+            calls.append(factory)
+            return factory * (2.0 if len(calls) > 12 else 1.0)
+        return step
+
+    monkeypatch.setattr(throughput, "_step_timer", timer)
+    configs = {"reference": (0.1, "fit", None), "method": (0.15, "fit", None), "inference": (0.04, "predict", None)}
+    args = argparse.Namespace(rounds=2, sweeps=3, batch_size=128)
+    speed, costs = throughput.paired_step_costs(configs, "reference", args)
+    np.testing.assert_allclose(costs["method"], [1.5, 1.5])
+    np.testing.assert_allclose(costs["inference"], [0.4, 0.4])
+    np.testing.assert_allclose(costs["reference"], [1.0, 1.0])
+    assert speed["method"] == pytest.approx(128 / 0.15)  # the fast-phase step (10th percentile)
+    # Each sweep alternates which of the pair runs first.
+    assert calls[2:4] == [0.1, 0.15] and calls[8:10] == [0.15, 0.1]
