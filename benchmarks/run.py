@@ -4,6 +4,7 @@
     python -m benchmarks.run --suite full             # GPU: full schedules, both data regimes
     python -m benchmarks.run --suite quick --only ekd # one group; finished cells are reused
     python -m benchmarks.run --suite standard         # 2-core CPU, long schedules, validation split
+    python -m benchmarks.run --suite standard --check # finished cells that changed code would retrain
 
 Each cell is a CLI config (trainers/configs/*.yaml plus overrides) run for
 several seeds; its run folder (config.yaml, train.log, history.csv,
@@ -454,6 +455,26 @@ def finished(folder: Path, config) -> dict | None:
     return json.loads(results.read_text()) if dump(previous) == dump(config) else None
 
 
+def stale_cells(suite: str) -> list[str]:
+    """Finished cells (a results.json) that the suite would train again: their
+    saved config differs from what the current code resolves (each with the
+    keys that differ). Run before restarting a long study on new code."""
+    stale = []
+    for cell in cells(suite):
+        for seed in cell.seeds or SUITES[suite].seeds:
+            folder = cell_dir(suite, cell, seed)
+            if not (folder / "results.json").is_file():
+                continue
+            try:
+                config = resolve(suite, cell, seed)
+            except TuningPendingError:
+                continue
+            if finished(folder, config) is None:
+                changes = runs.config_changes(folder, config) if (folder / "config.yaml").is_file() else []
+                stale.append(f"{folder}: {', '.join(changes) or 'config.yaml missing or unreadable'}")
+    return stale
+
+
 #: While this file exists no new cell starts (set by `--pause-file`).
 PAUSE_FILE = None
 
@@ -580,7 +601,13 @@ def main(argv=None) -> None:
     parser.add_argument("--docs", help="results page (default: docs/results.md for the standard and quick "
                         "suites (their own sections), docs/results_full.md for the full suite).")
     parser.add_argument("--pause-file", help="wait before each cell while this file exists.")
+    parser.add_argument("--check", action="store_true", help="list finished cells the current code would train "
+                        "again (their resolved config changed) and exit 1 if there are any; trains nothing.")
     args = parser.parse_args(argv)
+    if args.check:
+        stale = stale_cells(args.suite)
+        print(f"[{args.suite}] {len(stale)} finished cell(s) would train again" + "".join(f"\n  {s}" for s in stale))
+        sys.exit(1 if stale else 0)
     global PAUSE_FILE
     PAUSE_FILE = args.pause_file
     if args.only:

@@ -307,3 +307,27 @@ def test_paired_step_costs_divide_each_step_by_the_adjacent_reference_step(monke
     assert speed["method"] == pytest.approx(128 / 0.15)  # the fast-phase step (10th percentile)
     # Each sweep alternates which of the pair runs first.
     assert calls[2:4] == [0.1, 0.15] and calls[8:10] == [0.15, 0.1]
+
+
+def test_check_lists_finished_cells_whose_config_the_code_no_longer_resolves(tmp_path, monkeypatch, capsys):
+    import dataclasses
+
+    import yaml
+
+    monkeypatch.setitem(run.SUITES, "standard", dataclasses.replace(run.SUITES["standard"], root=str(tmp_path)))
+    cell = next(c for c in run.cells("standard") if (c.group, c.key) == ("features", "baseline"))
+    for seed in (0, 1):
+        folder = run.cell_dir("standard", cell, seed)
+        folder.mkdir(parents=True)
+        (folder / "config.yaml").write_text(run.dump(run.resolve("standard", cell, seed)))
+        (folder / "results.json").write_text(json.dumps({"test_accuracy": 0.9}))
+    assert run.stale_cells("standard") == []
+    changed = run.cell_dir("standard", cell, 1) / "config.yaml"
+    saved = yaml.safe_load(changed.read_text())
+    saved["train"]["learning_rate"] = 0.5
+    changed.write_text(yaml.safe_dump(saved))
+    with pytest.raises(SystemExit) as exit_code:
+        run.main(["--suite", "standard", "--check"])
+    assert exit_code.value.code == 1
+    out = capsys.readouterr().out
+    assert "1 finished cell(s) would train again" in out and "baseline_seed1: train.learning_rate" in out
