@@ -457,9 +457,10 @@ def finished(folder: Path, config) -> dict | None:
 
 def stale_cells(suite: str) -> list[str]:
     """Finished cells (a results.json) that the suite would train again: their
-    saved config differs from what the current code resolves (each with the
-    keys that differ). Run before restarting a long study on new code."""
-    stale = []
+    saved config differs from what the current code resolves (with the keys
+    that differ), or a teacher they read would train again. Run before
+    restarting a long study on new code."""
+    done, stale = [], {}
     for cell in cells(suite):
         for seed in cell.seeds or SUITES[suite].seeds:
             folder = cell_dir(suite, cell, seed)
@@ -469,10 +470,21 @@ def stale_cells(suite: str) -> list[str]:
                 config = resolve(suite, cell, seed)
             except TuningPendingError:
                 continue
+            done.append((str(folder), {str(Path(t.path)) for t in [config.teacher, *config.teachers] if t.path}))
             if finished(folder, config) is None:
-                changes = runs.config_changes(folder, config) if (folder / "config.yaml").is_file() else []
-                stale.append(f"{folder}: {', '.join(changes) or 'config.yaml missing or unreadable'}")
-    return stale
+                if not (folder / "config.yaml").is_file():
+                    stale[str(folder)] = "no config.yaml"
+                    continue
+                changes = runs.config_changes(folder, config)
+                stale[str(folder)] = ", ".join(changes) or "the saved config does not load with the current code"
+    grew = True
+    while grew:  # students of a retrained teacher are retrained (run_cell), and theirs in turn
+        grew = False
+        for folder, teachers in done:
+            hit = sorted(teachers & stale.keys())
+            if hit and folder not in stale:
+                stale[folder], grew = f"its teacher {hit[0]} would train again", True
+    return [f"{folder}: {reason}" for folder, reason in stale.items()]
 
 
 #: While this file exists no new cell starts (set by `--pause-file`).

@@ -358,8 +358,8 @@ def cache_section(table: dict) -> str:
         "",
         f"Same seed, same views: the two runs differ only by the float16 rounding of the stored logits. The "
         f"online run took {ratio:.2f}x the cached one's time (single runs on a machine that alternates between "
-        f"two speeds; the interleaved benchmark measures {BENCHMARK_RATIO:.2f}x). {len(runs)} cells of this suite "
-        f"read cached teachers: {spent / 3600:.2f} h of training plus {building / 60:.1f} min building or "
+        f"two speeds; the benchmark's fast-step ratio, input pipeline included, is {BENCHMARK_RATIO:.2f}x). "
+        f"{len(runs)} cells of this suite read cached teachers: {spent / 3600:.2f} h of training plus {building / 60:.1f} min building or "
         f"checking caches. At the benchmark's ratio they would have taken {spent * BENCHMARK_RATIO / 3600:.2f} h "
         f"with online teachers: the cache {'saved' if saved >= 0 else 'cost'} about {abs(saved) / 3600:.2f} h"
         f"{'' if saved >= 0 else ' more'}, building included (an estimate: KD's ratio applied to every cached "

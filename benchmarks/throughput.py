@@ -3,9 +3,10 @@
 All configurations run in ONE process on the same in-memory data and models
 (ResNet8 student <- ResNet20 teacher, batch 128), each after a warm-up epoch
 that absorbs graph tracing. img/s comes from a low percentile of the step
-times (best of `--rounds` interleaved measurements); the KD table's step cost
-of each method relative to logit KD comes from paired steps (each timed next
-to a logit-KD step, `paired_step_costs`). The no-overhead floor of online
+times (the ensemble and cache tables: best of `--rounds` interleaved
+measurements; the KD table: over all of a configuration's steps), and the KD
+table's step cost of each method relative to logit KD from paired steps (each
+timed next to a logit-KD step, `paired_step_costs`). The no-overhead floor of online
 distillation is `1 / (1/student_fit + 1/teacher_inference)`.
 
     python -m benchmarks.throughput                   # both tables, one process -> docs/benchmarks.md
@@ -383,16 +384,16 @@ def measured_with(table: str, args, source: str, images: int) -> str:
     cpu = platform.processor() or platform.machine()
     timed = f"--rounds {args.rounds} --sweeps {args.sweeps}" if table == "kd" else (
         f"--epochs {args.epochs} --rounds {args.rounds}")
-    timing = (f"img/s from the {STEP_PERCENTILE}th-percentile time of a configuration's steps in the sweeps "
-              "below" if table == "kd" else
-              f"Each measurement's img/s comes from its {STEP_PERCENTILE}th-percentile step time; "
-              f"{args.epochs} timed epochs per measurement")
+    timing = (f"img/s from the {STEP_PERCENTILE}th-percentile time of all of a configuration's steps in the "
+              "sweeps below" if table == "kd" else
+              f"best of the rounds, each measurement's img/s from its {STEP_PERCENTILE}th-percentile step time "
+              f"over {args.epochs} timed epochs")
     return (
         f"Measured with `python -m benchmarks.throughput --tables {table} --images {args.images} "
         f"{timed}` on {os.cpu_count()} CPU cores ({cpu}), TensorFlow "
         f"{tf.__version__}, Keras {keras.__version__}, XLA {'on' if JIT else 'off'} for every configuration; "
-        f"{source} 28x28x1, {images} images, batch {args.batch_size}, best of the rounds; {timing} (this machine "
-        "has slow phases of seconds)."
+        f"{source} 28x28x1, {images} images, batch {args.batch_size}; {timing} (this machine has slow phases of "
+        "seconds)."
     )
 
 
@@ -437,7 +438,10 @@ def _step_timer(factory, kind: str, data_ds, epoch: int = 0):
     def step():
         start = time.perf_counter()
         keras.ops.convert_to_numpy(run())
-        return time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        if hasattr(model, "raise_if_failed"):  # a refused (non-finite) step is not a training step
+            model.raise_if_failed()
+        return seconds
 
     step()
     return step
@@ -477,6 +481,7 @@ def paired_step_costs(configs: dict, reference: str, args) -> tuple[dict[str, fl
         print(f"round {round_index + 1}: " + ", ".join(f"{n} {c[-1]:.3f}" for n, c in costs.items()), flush=True)
     speed = {name: args.batch_size / float(np.percentile(s, STEP_PERCENTILE)) for name, s in seconds.items()}
     return speed, costs
+
 
 if __name__ == "__main__":
     main()

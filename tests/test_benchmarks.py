@@ -315,19 +315,60 @@ def test_check_lists_finished_cells_whose_config_the_code_no_longer_resolves(tmp
     import yaml
 
     monkeypatch.setitem(run.SUITES, "standard", dataclasses.replace(run.SUITES["standard"], root=str(tmp_path)))
-    cell = next(c for c in run.cells("standard") if (c.group, c.key) == ("features", "baseline"))
-    for seed in (0, 1):
+    found = {(c.group, c.key): c for c in run.cells("standard")}
+    finished = [(found[("features", "baseline")], 0), (found[("features", "baseline")], 1),
+                (found[("teachers", "teacher_resnet20")], 0), (found[("features", "kd")], 0)]
+    for cell, seed in finished:
         folder = run.cell_dir("standard", cell, seed)
         folder.mkdir(parents=True)
         (folder / "config.yaml").write_text(run.dump(run.resolve("standard", cell, seed)))
         (folder / "results.json").write_text(json.dumps({"test_accuracy": 0.9}))
     assert run.stale_cells("standard") == []
-    changed = run.cell_dir("standard", cell, 1) / "config.yaml"
-    saved = yaml.safe_load(changed.read_text())
-    saved["train"]["learning_rate"] = 0.5
-    changed.write_text(yaml.safe_dump(saved))
+    for cell, seed in finished[1:3]:  # a student and a teacher changed
+        changed = run.cell_dir("standard", cell, seed) / "config.yaml"
+        saved = yaml.safe_load(changed.read_text())
+        saved["train"]["learning_rate"] = 0.5
+        changed.write_text(yaml.safe_dump(saved))
     with pytest.raises(SystemExit) as exit_code:
         run.main(["--suite", "standard", "--check"])
     assert exit_code.value.code == 1
     out = capsys.readouterr().out
-    assert "1 finished cell(s) would train again" in out and "baseline_seed1: train.learning_rate" in out
+    assert "3 finished cell(s) would train again" in out and "baseline_seed1: train.learning_rate" in out
+    assert "teacher_resnet20_seed0: train.learning_rate" in out
+    assert f"kd_seed0: its teacher {run.cell_dir('standard', finished[2][0], 0)} would train again" in out
+
+
+def test_step_timer_times_one_training_step_at_the_stage_it_was_given():
+    import keras
+    import tensorflow as tf
+
+    from benchmarks import throughput
+    from keras_kd import Distiller
+
+    from conftest import tiny_model
+
+    rng = np.random.default_rng(0)
+    ds = tf.data.Dataset.from_tensor_slices((rng.normal(size=(32, 28, 28, 1)).astype("float32"),
+                                             rng.integers(0, 10, 32))).batch(16)
+    teacher = tiny_model(width=8, name="teacher")
+    built = []
+
+    def factory():
+        built.append(Distiller(teacher=teacher, student=tiny_model(name="student")))
+        built[-1].compile(optimizer=keras.optimizers.SGD(0.01), jit_compile=False)
+        return built[-1]
+
+    step = throughput._step_timer(factory, "fit", ds, 3)
+    model = built[0]
+    before = int(model.optimizer.iterations)  # the tracing epoch (2 steps) and the warm-up step
+    assert before == 3 and int(model.epoch) == 3
+    seconds = [step() for _ in range(5)]  # more steps than one pass over the data: the iterator repeats
+    assert int(model.optimizer.iterations) == before + 5 and all(s > 0 for s in seconds)
+    assert int(model.epoch) == 3
+
+
+def test_every_claim_note_belongs_to_a_claim():
+    from benchmarks import standard_page
+
+    claims = {(c.paper, c.setting) for c in standard_page.claims()}
+    assert set(standard_page.CLAIM_NOTES) <= claims

@@ -183,7 +183,6 @@ def test_a_refused_step_leaves_the_memory_banks_untouched(jit_compile):
     np.testing.assert_array_equal(np.asarray(part.memory_labels)[index], y)
 
 
-
 def test_the_first_batch_sets_z_as_a_constant():
     # The authors detach Z: the first step's gradient is the one a preset Z of the same value gives.
     import tensorflow as tf

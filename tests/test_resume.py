@@ -1,7 +1,6 @@
 """A run killed with SIGKILL mid-training resumes from its last epoch checkpoint."""
 
 import csv
-import datetime
 import json
 import os
 import signal
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import keras
 
-from trainers import cli
+from trainers import cli, runs
 
 ROOT = Path(__file__).parents[1]
 
@@ -51,18 +50,33 @@ def test_sigkill_then_resume_finishes_with_continuing_optimizer(tmp_path):
     assert int(distiller.optimizer.iterations) == 6 * steps_per_epoch
     assert "epoch 6:" in (run_dir / "train.log").read_text()
     # The training time counts the killed attempt's epochs too, not only the resumed attempt's:
-    # at least the span of each attempt's epoch lines in the log.
+    # the sum of the last logged duration of each of the 6 epochs.
     results = json.loads((run_dir / "results.json").read_text())
-    assert results["resumed_at_epoch"] >= 2
-    attempts, spans = [], []
+    assert results["resumed_at_epoch"] >= 2 and "train_time_partial" not in results
+    last = {}
     for line in (run_dir / "train.log").read_text().splitlines():
-        if line.endswith(": config"):
-            attempts.append([])
-        elif " epoch " in line[23:31]:
-            attempts[-1].append(datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f"))
-    spans = [(times[-1] - times[0]).total_seconds() for times in attempts]
-    assert len(spans) == 2 and spans[0] > 0
-    assert results["train_time_s"] >= round(sum(spans), 1)
+        if " epoch " in line[23:31]:
+            last[int(line[23:].split()[1].rstrip(":"))] = float(line.rsplit("seconds=", 1)[1])
+    assert sorted(last) == list(range(1, 7))
+    assert results["train_time_s"] == round(sum(last.values()), 1)
+
+
+def test_logged_epoch_seconds_reads_every_attempt_and_keeps_an_epochs_last_run(tmp_path):
+    (tmp_path / "train.log").write_text("\n".join([
+        "2026-11-24 09:00:00,000 run kd: config",
+        "train:",  # the config dump: no time
+        "  epochs: 4",
+        "2026-11-24 09:00:01,000 teacher cache: not used",
+        "2026-11-24 09:00:04,500 epoch 1: accuracy=0.5000 loss=1.0000",  # an older log: time since the line before
+        "2026-11-24 09:00:06,000 epoch 2: accuracy=0.6000 loss=0.9000 seconds=1.250",
+        "2026-11-24 09:00:07,000 epoch 3: accuracy=0.6500 loss=0.8000 seconds=0.900",
+        "2026-11-24 10:00:00,000 run kd: config",  # killed, resumed from the backup of epoch 2
+        "2026-11-24 10:00:01,000 teacher cache: not used",
+        "2026-11-24 10:00:03,000 epoch 3: accuracy=0.6600 loss=0.8000 seconds=1.750",
+        "2026-11-24 10:00:03,100 some other message",
+        "2026-11-24 10:00:05,000 epoch 4: accuracy=0.7000 loss=0.7000 seconds=1.800",
+    ]) + "\n")
+    assert runs.logged_epoch_seconds(tmp_path) == {0: 3.5, 1: 1.25, 2: 1.75, 3: 1.8}
 
 
 def test_resume_refuses_a_changed_config(tmp_path, capsys):

@@ -166,21 +166,25 @@ class AtomicCheckpoint(keras.callbacks.Callback):
 
 
 class EpochLogger(keras.callbacks.Callback):
-    """Writes one line of metrics per epoch into the run log."""
+    """Writes one line of metrics per epoch into the run log, with the
+    epoch's duration (`seconds=`, monotonic clock, validation included)."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
         items = " ".join(f"{k}={float(v):.4f}" for k, v in sorted((logs or {}).items()))
-        LOG.info("epoch %d: %s", epoch + 1, items, extra=FILE_ONLY)
+        LOG.info("epoch %d: %s seconds=%.3f", epoch + 1, items, time.perf_counter() - self.start, extra=FILE_ONLY)
 
 
 _LOG_TIME = "%Y-%m-%d %H:%M:%S,%f"
 
 
 def logged_epoch_seconds(run_dir: Path) -> dict[int, float]:
-    """Seconds of each epoch (0-based) from `<run>/train.log`, across every
-    attempt of a resumed run: an epoch's line minus the log line before it
-    (its previous epoch, or the attempt's set-up for the first epoch of an
-    attempt); an epoch trained twice counts its last attempt."""
+    """Seconds of each epoch (0-based) in `<run>/train.log`, across every
+    attempt of a resumed run; an epoch trained twice counts its last attempt.
+    The `seconds=` of an epoch line, or, in logs written before epoch lines
+    carried it, the time since the log line before it."""
     import datetime
     import re
 
@@ -190,9 +194,12 @@ def logged_epoch_seconds(run_dir: Path) -> dict[int, float]:
             stamp = datetime.datetime.strptime(line[:23], _LOG_TIME)
         except ValueError:
             continue  # the config dump's lines carry no time
-        match = re.match(r" epoch (\d+): ", line[23:])
-        if match and previous is not None:
-            seconds[int(match.group(1)) - 1] = (stamp - previous).total_seconds()
+        match = re.match(r" epoch (\d+): .*?(?: seconds=([0-9.]+))?$", line[23:])
+        if match:
+            if match.group(2) is not None:
+                seconds[int(match.group(1)) - 1] = float(match.group(2))
+            elif previous is not None:
+                seconds[int(match.group(1)) - 1] = (stamp - previous).total_seconds()
         previous = stamp
     return seconds
 
@@ -458,10 +465,12 @@ def write_run_projector(
 
 def callbacks(run_dir: Path, model_file: str, config: RunConfig) -> list:
     return [
+        # The epoch's log line before its backup: a kill between the two re-runs the epoch (and logs it
+        # again) rather than restoring an epoch the log never saw.
+        EpochLogger(),
         # Restores weights, optimizer state and epoch after a crash (--resume);
         # the previous copy is kept in case the process dies while writing.
         keras.callbacks.BackupAndRestore(str(run_dir / "backup"), double_checkpoint=True),
-        EpochLogger(),
         RunSummaries(run_dir, config),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
         keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), update_freq="epoch"),
@@ -592,8 +601,13 @@ def _train(config: RunConfig, overwrite: bool, resume: bool) -> dict:
             write_run_projector(run_dir, model, test, taps, folder, class_names)
         extra = {"run_dir": str(run_dir), "epochs": _epochs_done(run_dir), "method": method.name, **cache_info}
         if initial_epoch:  # the training time of every epoch, the earlier attempts' included
-            seconds = sum(logged_epoch_seconds(run_dir).values())
+            timed = logged_epoch_seconds(run_dir)
             extra["resumed_at_epoch"] = initial_epoch
+            if set(timed) >= set(range(config.train.epochs)):
+                seconds = sum(timed[epoch] for epoch in range(config.train.epochs))
+            else:  # an attempt's lines are missing: at least what was measured
+                seconds = max(seconds, sum(timed.values()))
+                extra["train_time_partial"] = True
         if config.teacher.path:
             extra["teacher"] = config.teacher.path
         if config.teachers:

@@ -51,7 +51,9 @@ class ContrastMemory(DeferredStateUpdates, keras.layers.Layer):
     Under `tf.distribute` the batch rows of every replica are gathered first,
     so every copy of the banks receives the same update. `z_student` /
     `z_teacher` are the NCE normalisation constants, set from the first
-    training batch and fixed afterwards.
+    training batch and fixed afterwards (under `tf.distribute` each replica
+    scores its first step with its own share of that batch; from the second
+    step on all use the first replica's value).
     """
 
     def __init__(self, num_samples: int, feature_dim: int = 128, num_negatives: int = 16384,
@@ -90,7 +92,7 @@ class ContrastMemory(DeferredStateUpdates, keras.layers.Layer):
         for the shared negatives `(batch, num_negatives)`."""
         anchor = anchor / self.temperature  # scaled before the products: batch x dim values, not batch x negatives
         positive = ops.sum(anchor * _rows(memory, index), axis=-1)
-        negative = tf.linalg.matmul(anchor, _rows(memory, negatives), transpose_b=True)
+        negative = ops.matmul(anchor, ops.transpose(_rows(memory, negatives)))
         return positive, negative
 
     def log_z(self, positive, negative, z, training: bool):
