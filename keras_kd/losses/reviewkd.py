@@ -42,12 +42,23 @@ def nearest_indices(size_in: int, size_out: int) -> np.ndarray:
     return np.minimum(np.arange(size_out) * size_in // size_out, size_in - 1).astype("int32")
 
 
+def _upsample_axis(features, factor: int, axis: int):
+    """Each row repeated `factor` times along `axis`: one broadcast and a reshape
+    (its gradient one sum), where `ops.repeat` tiles and reshapes."""
+    shape = list(features.shape)
+    shape[0] = -1 if shape[0] is None else shape[0]
+    expanded = ops.expand_dims(features, axis + 1)
+    target = [ops.shape(features)[0], *features.shape[1:axis + 1], factor, *features.shape[axis + 1:]]
+    shape[axis] = shape[axis] * factor
+    return ops.reshape(ops.broadcast_to(expanded, target), [-1, *shape[1:]])
+
+
 def _resize_axis(features, size_in: int, size_out: int, axis: int):
     """Nearest-neighbour resize of one axis: a whole-number up-sampling factor repeats each row
     and a whole-number down-sampling factor keeps every k-th (both cheaper than a gather, whose
     gradient is a scatter); any other ratio gathers `nearest_indices` rows."""
     if size_out % size_in == 0:
-        return ops.repeat(features, size_out // size_in, axis=axis)
+        return _upsample_axis(features, size_out // size_in, axis)
     if size_in % size_out == 0:
         step = size_in // size_out
         return features[:, ::step] if axis == 1 else features[:, :, ::step]
@@ -185,7 +196,12 @@ class AttentionBasedFusion(keras.layers.Layer):
             if residual is None:
                 raise ValueError("This ABF fuses a deeper level: pass `residual`.")
             y = resize_nearest(ops.cast(residual, x.dtype), (x.shape[1], x.shape[2]))
-            attention = ops.sigmoid(self.att_conv(ops.concatenate([x, y], axis=-1)))
+            # att_conv([x, y]) as two products with the halves of its 1x1 kernel: the same values
+            # without building (and, backward, splitting) the 2 x mid channel concatenation.
+            kernel = ops.cast(self.att_conv.kernel[0, 0], x.dtype)
+            logits = (ops.matmul(x, kernel[: self.mid_channels]) + ops.matmul(y, kernel[self.mid_channels:])
+                      + ops.cast(self.att_conv.bias, x.dtype))
+            attention = ops.sigmoid(logits)
             x = x * attention[..., 0:1] + y * attention[..., 1:2]
         x = resize_nearest(x, self.out_size)
         return self.bn2(self.conv2(x), training=training), x
