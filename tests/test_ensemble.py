@@ -105,7 +105,7 @@ def test_softmax_ensemble_is_log_of_mean_probability():
 def test_gradients_reach_every_branch_and_adapter_and_no_teacher():
     teachers = make_teachers(("resnet8", "cnn", "resnet8"))
     student = models.multibranch("resnet8", 3, SHAPE, 10)
-    distiller = EnsembleDistiller(teachers=teachers, student=student)
+    distiller = EnsembleDistiller(teachers=teachers, student=student, embedding_adapter="if_needed")
     teacher_ids = {id(v) for t in teachers for v in t.weights}
     assert not teacher_ids & {id(v) for v in distiller.trainable_variables}
     x = np.random.default_rng(0).normal(size=(8, *SHAPE)).astype("float32")

@@ -76,9 +76,16 @@ class EnsembleDistiller(BaseDistiller):
         ce_weight: weight of each branch's hard-label cross-entropy.
         ensemble_weight: weight of the cross-entropy of the ensemble output.
         embedding_layer: layer of every teacher holding its pooled embedding.
-        embedding_adapter: `"if_needed"` (default) or `"always"`, see above.
-        branch_weighting: `"mean"` (default, our reading: each branch's terms
-            scaled by 1/N) or `"sum"` (no scaling).
+        embedding_adapter: `"always"` (default) or `"if_needed"`, see above.
+        branch_weighting: `"sum"` (default, no scaling) or `"mean"` (each
+            branch's terms scaled by 1/N).
+
+    The defaults are the setting chosen on the validation split of the
+    standard suite (10% of Fashion-MNIST, 3-branch ResNet8 from ResNet20,
+    WRN-16-1 and CNN teachers, 120 epochs; validation accuracy of the
+    ensemble): sum + always 91.82%, sum + if_needed 91.60%, mean + always
+    91.53%, mean + if_needed 90.93%. The paper sums the branches' terms and
+    needs no adapter where widths match (`"sum"`, `"if_needed"`).
 
     Example:
 
@@ -105,8 +112,8 @@ class EnsembleDistiller(BaseDistiller):
         ce_weight: float = 1.0,
         ensemble_weight: float = 1.0,
         embedding_layer: str = "embedding",
-        embedding_adapter: str = "if_needed",
-        branch_weighting: str = "mean",
+        embedding_adapter: str = "always",
+        branch_weighting: str = "sum",
         check_finite: bool = True,
         check_labels: bool = True,
         **kwargs,

@@ -19,12 +19,13 @@ def build_ekd(
     ce_weight: NonNegative = 1.0,
     ensemble_weight: NonNegative = 1.0,
     embedding_layer: str = "embedding",
-    embedding_adapter: Literal["if_needed", "always"] = "if_needed",
-    branch_weighting: Literal["mean", "sum"] = "mean",
+    embedding_adapter: Literal["if_needed", "always"] = "always",
+    branch_weighting: Literal["mean", "sum"] = "sum",
     shared_stem: bool = True,
     ensemble: Literal["logits", "softmax"] = "logits",
 ) -> EnsembleDistiller:
-    """One branch of a multi-branch `student.arch` per entry of `teachers`."""
+    """One branch of a multi-branch `student.arch` per entry of `teachers`
+    (defaults: the setting chosen on validation, see `EnsembleDistiller`)."""
     teachers = context.teachers()
     student = models.multibranch(
         context.student_arch(),
