@@ -455,6 +455,11 @@ def finished(folder: Path, config) -> dict | None:
     return json.loads(results.read_text()) if dump(previous) == dump(config) else None
 
 
+def teacher_folders(config) -> set[str]:
+    """The run folders of the teachers a resolved config reads."""
+    return {str(Path(t.path)) for t in [config.teacher, *config.teachers] if t.path}
+
+
 def stale_cells(suite: str) -> list[str]:
     """Finished cells (a results.json) that the suite would train again: their
     saved config differs from what the current code resolves (with the keys
@@ -470,7 +475,7 @@ def stale_cells(suite: str) -> list[str]:
                 config = resolve(suite, cell, seed)
             except TuningPendingError:
                 continue
-            done.append((str(folder), {str(Path(t.path)) for t in [config.teacher, *config.teachers] if t.path}))
+            done.append((str(folder), teacher_folders(config)))
             if finished(folder, config) is None:
                 if not (folder / "config.yaml").is_file():
                     stale[str(folder)] = "no config.yaml"
@@ -551,7 +556,7 @@ def record_failure(suite: str, cell: Cell, seed: int, error: Exception) -> str:
 def run_cell(suite: str, cell: Cell, seed: int) -> dict:
     config = resolve(suite, cell, seed)
     folder = cell_dir(suite, cell, seed)
-    teachers = {str(Path(t.path)) for t in [config.teacher, *config.teachers] if t.path}
+    teachers = teacher_folders(config)
     done = finished(folder, config)
     if done is not None and not teachers & RETRAINED:
         return done
