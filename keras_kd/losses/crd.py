@@ -105,10 +105,11 @@ class ContrastMemory(DeferredStateUpdates, keras.layers.Layer):
             total = ops.logsumexp(ops.stack([ops.logsumexp(positive), ops.logsumexp(negative)]))
             return ops.stop_gradient(total - ops.log(count) + math.log(self.num_samples))
 
-        unset = ops.convert_to_tensor(z) < 0
-        value = ops.cond(unset, from_batch, lambda: ops.log(ops.maximum(ops.convert_to_tensor(z), 1e-30)))
+        current = ops.convert_to_tensor(z)
+        unset = current < 0
+        value = ops.cond(unset, from_batch, lambda: ops.log(ops.maximum(current, 1e-30)))
         if training:
-            z.assign(ops.where(unset, ops.exp(value), z))
+            z.assign(ops.where(unset, ops.exp(value), current))
         return value
 
     @property

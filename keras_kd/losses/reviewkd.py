@@ -46,7 +46,6 @@ def _upsample_axis(features, factor: int, axis: int):
     """Each row repeated `factor` times along `axis`: one broadcast and a reshape
     (its gradient one sum), where `ops.repeat` tiles and reshapes."""
     shape = list(features.shape)
-    shape[0] = -1 if shape[0] is None else shape[0]
     expanded = ops.expand_dims(features, axis + 1)
     target = [ops.shape(features)[0], *features.shape[1:axis + 1], factor, *features.shape[axis + 1:]]
     shape[axis] = shape[axis] * factor
