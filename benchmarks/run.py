@@ -19,6 +19,7 @@ results on disk.
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import json
 import os
@@ -492,11 +493,65 @@ def stale_cells(suite: str) -> list[str]:
     return [f"{folder}: {reason}" for folder, reason in stale.items()]
 
 
+def plan(suite: str) -> list[tuple[str, str]]:
+    """`(cell, what happens)` for every cell a run of the suite would not just
+    read back, in running order: `train`, `resume at epoch N` (an interrupted
+    run of the same config), `reuse <folder>` (a finished run, or one trained
+    earlier in this plan, with the same config) or `wait for tuning`. A
+    finished cell whose teacher the plan trains again is trained again."""
+    p = SUITES[suite]
+    finished_runs, planned, steps = {}, {}, []  # finished: config -> folders; planned: folder -> order
+    for cell in cells(suite):
+        for seed in cell.seeds or p.seeds:
+            try:
+                config = resolve(suite, cell, seed)
+            except TuningPendingError:
+                continue
+            if finished(cell_dir(suite, cell, seed), config) is not None:
+                finished_runs.setdefault(_config_key(config), []).append(str(cell_dir(suite, cell, seed)))
+    for cell in ordered(suite):
+        for seed in cell.seeds or p.seeds:
+            name, folder = f"{cell.group}/{cell.key} seed {seed}", cell_dir(suite, cell, seed)
+            try:
+                config = resolve(suite, cell, seed)
+            except TuningPendingError:
+                steps.append((name, "wait for tuning"))
+                continue
+            teachers = teacher_folders(config)
+            if str(folder) not in planned and finished(folder, config) is not None and trained_after(
+                    folder, teachers, planned):
+                continue
+            key = _config_key(config)
+            source = next((other for other in finished_runs.get(key, []) if other != str(folder)
+                           and trained_after(other, teachers, planned)), None)
+            if source is not None:
+                steps.append((name, f"reuse {source}"))
+                continue
+            finished_runs.setdefault(key, []).insert(0, str(folder))
+            planned[str(folder)] = len(planned)
+            resume = 0 if teachers & planned.keys() else interrupted_epoch(folder, config, teachers)
+            steps.append((name, f"resume at epoch {resume + 1}" if resume else "train"))
+    return steps
+
+
+def _config_key(config) -> str:
+    return json.dumps(_located_elsewhere(config), sort_keys=True, default=str)
+
+
 #: While this file exists no new cell starts (set by `--pause-file`).
 PAUSE_FILE = None
 
-#: Run folders trained in this invocation: cells taught by them are never reused.
-RETRAINED: set[str] = set()
+#: Run folders trained in this invocation, in training order: a run taught by
+#: one of them is reused only if it was itself trained later (`trained_after`).
+RETRAINED: dict[str, int] = {}
+
+
+def trained_after(folder: Path | str, teachers: set[str], trained: dict[str, int]) -> bool:
+    """Whether the finished run in `folder` can stand for a run taught by
+    `teachers`, given the folders `trained` (in order) in this invocation:
+    none of its teachers was trained, or it was trained after all of them."""
+    retrained = [trained[t] for t in teachers if t in trained]
+    return not retrained or trained.get(str(folder), -1) > max(retrained)
 
 
 def _located_elsewhere(config) -> dict:
@@ -507,9 +562,10 @@ def _located_elsewhere(config) -> dict:
     return {key: value for key, value in values.items() if key not in ("run_name", "output_dir")}
 
 
-def same_run(suite: str, cell: Cell, seed: int, config) -> Path | None:
+def same_run(suite: str, cell: Cell, seed: int, config, usable=lambda folder: True) -> Path | None:
     """A finished run folder of another cell with exactly this config (e.g. the
-    tuning candidate a tuned row chose, for the seed it was tuned on)."""
+    tuning candidate a tuned row chose, for the seed it was tuned on) for
+    which `usable(folder)` holds."""
     wanted = _located_elsewhere(config)
     for other in cells(suite):
         if other == cell or seed not in (other.seeds or SUITES[suite].seeds):
@@ -519,7 +575,8 @@ def same_run(suite: str, cell: Cell, seed: int, config) -> Path | None:
         except TuningPendingError:
             continue
         folder = cell_dir(suite, other, seed)
-        if _located_elsewhere(other_config) == wanted and finished(folder, other_config) is not None:
+        if (_located_elsewhere(other_config) == wanted and finished(folder, other_config) is not None
+                and usable(folder)):
             return folder
     return None
 
@@ -530,7 +587,7 @@ def interrupted_epoch(folder: Path, config, teachers: set[str]) -> int:
     another config, or a teacher retrained (in this process or since the run
     started)."""
     epoch = _compat.resumed_epoch(folder / "backup")
-    if not epoch or teachers & RETRAINED or runs.config_changes(folder, config):
+    if not epoch or teachers & RETRAINED.keys() or runs.config_changes(folder, config):
         return 0
     started = (folder / "config.yaml").stat().st_mtime
     if any(Path(t).exists() and Path(t).stat().st_mtime > started for t in teachers):
@@ -558,10 +615,10 @@ def run_cell(suite: str, cell: Cell, seed: int) -> dict:
     folder = cell_dir(suite, cell, seed)
     teachers = teacher_folders(config)
     done = finished(folder, config)
-    if done is not None and not teachers & RETRAINED:
+    if done is not None and trained_after(folder, teachers, RETRAINED):
         return done
-    source = same_run(suite, cell, seed, config)
-    if source is not None and not teachers & RETRAINED:
+    source = same_run(suite, cell, seed, config, lambda other: trained_after(other, teachers, RETRAINED))
+    if source is not None:
         results = {**json.loads((source / "results.json").read_text()), "same_run_as": str(source)}
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "config.yaml").write_text(dump(config))
@@ -576,7 +633,7 @@ def run_cell(suite: str, cell: Cell, seed: int) -> dict:
     if resume:
         print(f"[{suite}] {cell.group}/{cell.key} seed {seed}: resuming at epoch {resume + 1}", flush=True)
     result = runs.train(config, overwrite=not resume, resume=bool(resume))
-    RETRAINED.add(str(folder))
+    RETRAINED[str(folder)] = max(RETRAINED.values(), default=-1) + 1
     print(f"[{suite}] {cell.group}/{cell.key} seed {seed}: {100 * result['test_accuracy']:.2f}% "
           f"in {time.perf_counter() - start:.0f} s", flush=True)
     return result
@@ -596,7 +653,7 @@ def collect(suite: str) -> dict:
                 config = resolve(suite, cell, seed)
             except TuningPendingError:
                 continue
-            key = json.dumps(_located_elsewhere(config), sort_keys=True, default=str)
+            key = _config_key(config)
             if (cell, seed) not in results:
                 waiting.append((cell, seed, key))
             elif finished(folder, config) is not None:
@@ -620,7 +677,18 @@ def main(argv=None) -> None:
     parser.add_argument("--pause-file", help="wait before each cell while this file exists.")
     parser.add_argument("--check", action="store_true", help="list finished cells the current code would train "
                         "again (their resolved config changed) and exit 1 if there are any; trains nothing.")
+    parser.add_argument("--plan", action="store_true", help="list the cells a run would train, resume, reuse "
+                        "from a finished run with the same config, or wait for tuning, in running order; "
+                        "trains nothing.")
     args = parser.parse_args(argv)
+    if args.plan:
+        steps = plan(args.suite)
+        counts = collections.Counter(action.split(" ")[0] for _, action in steps)
+        for name, action in steps:
+            print(f"{name}: {action}")
+        print(f"[{args.suite}] {counts['train'] + counts['resume']} run(s) to train ({counts['resume']} resumed), "
+              f"{counts['reuse']} reuse a finished run, {counts['wait']} wait for a tuning family", flush=True)
+        return
     if args.check:
         stale = stale_cells(args.suite)
         print(f"[{args.suite}] {len(stale)} finished cell(s) would train again" + "".join(f"\n  {s}" for s in stale))

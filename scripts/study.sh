@@ -7,6 +7,7 @@
 #   bash scripts/study.sh stop     # kill it; the running cell resumes from its last epoch next start
 #   bash scripts/study.sh status   # running or not, the last finished cells
 #   bash scripts/study.sh commit   # commit the cells that finished (results.json) and the tuning records
+#   bash scripts/study.sh plan     # what a start on this checkout's code would still train, in order
 #
 # While the file /tmp/pause_study exists no new cell starts (e.g. to time something in quiet).
 set -euo pipefail
@@ -65,6 +66,10 @@ status)
     if running; then echo "running"; else echo "not running"; fi
     grep -a "^\[standard\]" "$LOG" 2>/dev/null | tail -n 5 || true
     ;;
+plan)
+    (cd "$ROOT" && TF_CPP_MIN_LOG_LEVEL=3 CUDA_VISIBLE_DEVICES="" "$PYTHON" -m benchmarks.run --suite standard --plan \
+        2>&1 | grep -v "^I0000\|^WARNING")
+    ;;
 commit)
     cd "$ROOT"
     added=0
@@ -83,7 +88,7 @@ commit)
     fi
     ;;
 *)
-    echo "usage: bash scripts/study.sh start|stop|status|commit" >&2
+    echo "usage: bash scripts/study.sh start|stop|status|commit|plan" >&2
     exit 2
     ;;
 esac

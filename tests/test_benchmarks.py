@@ -235,11 +235,11 @@ def test_an_interrupted_cell_resumes_only_with_its_config_and_teachers(tmp_path)
     os.utime(teacher, (started + 10, started + 10))  # teacher rewritten after the run started
     assert run.interrupted_epoch(folder, config, {str(teacher)}) == 0
     os.utime(teacher, (started - 10, started - 10))
-    run.RETRAINED.add(str(teacher))
+    run.RETRAINED[str(teacher)] = 0
     try:
         assert run.interrupted_epoch(folder, config, {str(teacher)}) == 0
     finally:
-        run.RETRAINED.discard(str(teacher))
+        run.RETRAINED.pop(str(teacher))
 
 
 def test_the_page_shows_a_pending_cell_that_will_reuse_a_finished_run(tmp_path, monkeypatch):
@@ -372,3 +372,51 @@ def test_every_claim_note_belongs_to_a_claim():
 
     claims = {(c.paper, c.setting) for c in standard_page.claims()}
     assert set(standard_page.CLAIM_NOTES) <= claims
+
+
+def test_plan_lists_what_a_run_would_train_reuse_resume_or_wait_for(tmp_path, monkeypatch, capsys):
+    import dataclasses
+
+    monkeypatch.setitem(run.SUITES, "standard", dataclasses.replace(run.SUITES["standard"], root=str(tmp_path)))
+    found = {(c.group, c.key): c for c in run.cells("standard")}
+
+    def finish(cell, seed):
+        folder = run.cell_dir("standard", cell, seed)
+        folder.mkdir(parents=True)
+        (folder / "config.yaml").write_text(run.dump(run.resolve("standard", cell, seed)))
+        (folder / "results.json").write_text(json.dumps({"test_accuracy": 0.9}))
+        return folder
+
+    everything = dict(run.plan("standard"))
+    assert everything["teachers/teacher_resnet20 seed 0"] == "train"
+    assert everything["tuned/kd seed 0"] == "wait for tuning"
+    # Two cells with one config: the later one reuses the run the plan trains first.
+    first = next(name for name, action in run.plan("standard") if name.startswith(("features/kd ", "tuning/kd_t4 ")))
+    assert everything[first] == "train" and first.endswith("seed 0")
+    other = "features/kd seed 0" if first.startswith("tuning") else "tuning/kd_t4 seed 0"
+    assert everything[other].startswith("reuse ") and everything[other].endswith("_seed0")
+
+    teacher = finish(found[("teachers", "teacher_resnet20")], 0)
+    student = finish(found[("features", "kd")], 0)
+    steps = dict(run.plan("standard"))
+    assert "teachers/teacher_resnet20 seed 0" not in steps and "features/kd seed 0" not in steps
+    assert steps["tuning/kd_t4 seed 0"] == f"reuse {student}"
+    # A finished student of a teacher the plan retrains is trained again, once: its twin
+    # trained later from the new teacher stands for it.
+    (teacher / "results.json").unlink()
+    steps = dict(run.plan("standard"))
+    assert steps["teachers/teacher_resnet20 seed 0"] == "train"
+    group, key = first.split()[0].split("/")
+    assert steps[first] == "train" and steps[other] == f"reuse {run.cell_dir('standard', found[(group, key)], 0)}"
+
+    run.main(["--suite", "standard", "--plan"])
+    out = capsys.readouterr().out
+    assert f"{first}: train\n" in out and f"{other}: reuse " in out and "wait for a tuning family" in out
+
+
+def test_a_run_stands_for_another_only_if_trained_after_the_teachers_retrained_now():
+    trained = {"teacher": 0, "fresh_student": 1}
+    assert run.trained_after("fresh_student", {"teacher"}, trained)
+    assert not run.trained_after("old_student", {"teacher"}, trained)  # finished before this invocation
+    assert run.trained_after("old_student", {"other_teacher"}, trained)
+    assert not run.trained_after("fresh_student", {"teacher"}, {"fresh_student": 0, "teacher": 1})
