@@ -23,6 +23,7 @@ import collections
 import dataclasses
 import json
 import os
+import re
 import sys
 import time
 import traceback
@@ -120,7 +121,7 @@ class Cell:
     overrides: tuple[str, ...] = ()
     regime: str = "10%"
     seeds: tuple[int, ...] | None = None  # None: the protocol's seeds
-    family: str | None = None  # a candidate of this tuning family (judged on validation accuracy)
+    family: str | None = None  # a candidate of this tuning family (judged on validation: `validation_score`)
     tuned: str | None = None  # this row takes the overrides of the best candidate of that family
 
 
@@ -308,23 +309,39 @@ def tuning_cells() -> list[Cell]:
     return rows
 
 
+#: What a tuning family maximises when it is not the row's own `validation_accuracy`
+#: (a distilled student's, an ensemble's): OEMC is model compression, so its
+#: variant is judged by the students it delivers, all of them alike.
+CRITERIA = {"oemc": "mean validation accuracy of the students"}
+
+
+def validation_score(family: str, results: dict) -> float | None:
+    """The number `family` is chosen by (`CRITERIA`), from one run's results;
+    None when the run has no validation split."""
+    if family not in CRITERIA:
+        return results.get("validation_accuracy")
+    students = [value for name, value in results.items() if re.fullmatch(r"validation_student\d+_accuracy", name)]
+    return sum(students) / len(students) if students else None
+
+
 def best_candidate(suite: str, family: str) -> Cell | None:
-    """The candidate of `family` with the highest validation accuracy (seed 0),
-    or None while any candidate is unfinished. Writes the comparison to
-    `<root>/tuning/<family>.json` (committed with the cells)."""
+    """The candidate of `family` with the highest validation score (seed 0;
+    `validation_score`), or None while any candidate is unfinished. Writes the
+    comparison to `<root>/tuning/<family>.json` (committed with the cells)."""
     candidates = [c for c in cells(suite) if c.family == family]
     scores = {}
     for cell in candidates:
         path = cell_dir(suite, cell, 0) / "results.json"
         if not path.is_file():
             return None
-        scores[cell.key] = json.loads(path.read_text()).get("validation_accuracy")
+        scores[cell.key] = validation_score(family, json.loads(path.read_text()))
     if any(score is None for score in scores.values()):
-        raise ValueError(f"Tuning family {family!r} needs data.validation_fraction: no validation_accuracy.")
+        raise ValueError(f"Tuning family {family!r} needs data.validation_fraction: no validation accuracy.")
     best = max(candidates, key=lambda c: scores[c.key])  # first of equals
     record = Path(SUITES[suite].root) / "tuning" / f"{family}.json"
     record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps({"validation_accuracy": scores, "chosen": best.key,
+    record.write_text(json.dumps({"criterion": CRITERIA.get(family, "validation accuracy"),
+                                  "validation_accuracy": scores, "chosen": best.key,
                                   "overrides": list(best.overrides)}, indent=2) + "\n")
     return best
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.report import write_results_json, write_section
+from benchmarks.run import CRITERIA, validation_score
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,7 +196,8 @@ def tuning_section(root: Path, table: dict | None = None, cells: list = ()) -> s
             continue  # another record (e.g. headline_best.json)
         data = json.loads(record.read_text())
         recorded.add(record.stem)
-        rows = [f"**{record.stem}** (chosen: `{data['chosen']}`)", "", "| candidate | validation acc. (%) |",
+        criterion = data.get("criterion", "validation accuracy")
+        rows = [f"**{record.stem}** (chosen: `{data['chosen']}`)", "", f"| candidate | {criterion} (%) |",
                 "| --- | ---: |"]
         rows += [f"| {key}{' (chosen)' if key == data['chosen'] else ''} | {100 * acc:.2f} |"
                  for key, acc in data["validation_accuracy"].items()]
@@ -209,10 +211,11 @@ def tuning_section(root: Path, table: dict | None = None, cells: list = ()) -> s
         done = [(c, r[0]) for c, r in done if r]
         if not done:
             continue
+        criterion = CRITERIA.get(family, "validation accuracy")
         rows = [f"**{family}** (in progress: {len(done)} of {len(candidates)} candidates)", "",
-                "| candidate | validation acc. (%) | test acc. (%) (not used to choose) |", "| --- | ---: | ---: |"]
+                f"| candidate | {criterion} (%) | test acc. (%) (not used to choose) |", "| --- | ---: | ---: |"]
         rows += [f"| {c.key.removeprefix(family + '_')} ({c.label.split(': ', 1)[-1]}) | "
-                 f"{100 * r['validation_accuracy']:.2f} | {100 * r['test_accuracy']:.2f} |" for c, r in done]
+                 f"{100 * validation_score(family, r):.2f} | {100 * r['test_accuracy']:.2f} |" for c, r in done]
         parts.append("\n".join(rows))
     return "\n\n".join(parts) or "No family has finished yet."
 

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from benchmarks import results_page, run
+from benchmarks import results_page, run, standard_page
 from keras_kd.projector import plot_embeddings, project_2d
 
 
@@ -89,7 +89,6 @@ def test_tuned_rows_take_the_candidate_best_on_validation(tmp_path, monkeypatch)
 
 
 def test_standard_verdicts_follow_the_two_pooled_std_rule(tmp_path):
-    from benchmarks import standard_page
 
     # Hand-computed: difference 91 - 88.5 = 2.5; sample stds 1.0 and 0.5; pooled sqrt((1 + 0.25) / 2) = 0.7906.
     result = standard_page.verdict([90.0, 91.0, 92.0], [88.0, 88.5, 89.0], seeds=3)
@@ -420,3 +419,27 @@ def test_a_run_stands_for_another_only_if_trained_after_the_teachers_retrained_n
     assert not run.trained_after("old_student", {"teacher"}, trained)  # finished before this invocation
     assert run.trained_after("old_student", {"other_teacher"}, trained)
     assert not run.trained_after("fresh_student", {"teacher"}, {"fresh_student": 0, "teacher": 1})
+
+
+def test_oemc_variant_is_chosen_by_its_students_mean_validation_accuracy(tmp_path, monkeypatch):
+    import dataclasses
+
+    monkeypatch.setitem(run.SUITES, "standard", dataclasses.replace(run.SUITES["standard"], root=str(tmp_path)))
+    cells = run.cells("standard")
+    candidates = {c.key: c for c in cells if c.family == "oemc"}
+    # `code` has the best ensemble, `no_inter` the best students on average (0.86 vs 0.85).
+    students = {"oemc_code": (0.90, 0.86, 0.85, 0.82, 0.82), "oemc_paper": (0.90, 0.85, 0.84, 0.82, 0.79),
+                "oemc_paper_t2": (0.89, 0.85, 0.84, 0.82, 0.80), "oemc_no_inter": (0.90, 0.87, 0.86, 0.84, 0.83)}
+    ensemble = {"oemc_code": 0.93, "oemc_paper": 0.92, "oemc_paper_t2": 0.92, "oemc_no_inter": 0.91}
+    for key, cell in candidates.items():
+        folder = run.cell_dir("standard", cell, 0)
+        folder.mkdir(parents=True)
+        results = {"validation_accuracy": ensemble[key], "test_accuracy": 0.5,
+                   **{f"validation_student{j}_accuracy": a for j, a in enumerate(students[key], 1)}}
+        (folder / "results.json").write_text(json.dumps(results))
+    tuned = next(c for c in cells if c.tuned == "oemc")
+    assert run.resolve("standard", tuned, 1).method.options["inter_weight"] == 0.0
+    record = json.loads((tmp_path / "tuning" / "oemc.json").read_text())
+    assert record["chosen"] == "oemc_no_inter" and record["criterion"] == run.CRITERIA["oemc"]
+    assert abs(record["validation_accuracy"]["oemc_code"] - 0.85) < 1e-12
+    assert "mean validation accuracy of the students (%)" in standard_page.tuning_section(tmp_path, {}, cells)
