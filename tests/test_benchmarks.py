@@ -89,7 +89,6 @@ def test_tuned_rows_take_the_candidate_best_on_validation(tmp_path, monkeypatch)
 
 
 def test_standard_verdicts_follow_the_two_pooled_std_rule(tmp_path):
-
     # Hand-computed: difference 91 - 88.5 = 2.5; sample stds 1.0 and 0.5; pooled sqrt((1 + 0.25) / 2) = 0.7906.
     result = standard_page.verdict([90.0, 91.0, 92.0], [88.0, 88.5, 89.0], seeds=3)
     assert result == {"difference": 2.5, "pooled_std": 0.791, "verdict": "reproduces"}
