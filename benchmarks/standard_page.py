@@ -249,7 +249,8 @@ def rows_section(table: dict, cells: list) -> tuple[str, list[dict]]:
     return "\n".join(lines), records
 
 
-#: Why a method of the zoo does not beat KD in the standard suite (row key -> note), written from its runs.
+#: Why a method does not beat KD in the standard suite (zoo row key, or `Ref.name` of an
+#: `OTHER_VS_KD` row -> note), written from its runs.
 METHOD_NOTES: dict[str, str] = {
     "baseline": "no teacher",
     "fitnet": "also below CE alone: CE + the stage-2 hint, no soft targets (the CRD table's convention)",
@@ -263,29 +264,44 @@ def _runs(results: list[dict]) -> list[tuple]:
     return [(r["test_accuracy"], r.get("validation_accuracy"), r.get("train_time_s")) for r in results]
 
 
-def methods_vs_kd(table: dict, cells: list, kd: tuple[str, str], seeds: int, notes: dict[str, str]) -> str:
-    """Every `features` row against the KD row `kd` (`(group, key)`): the
-    difference of the means and the same 2x pooled-std rule as the claims."""
+def methods_vs_kd(table: dict, cells: list, kd: tuple[str, str], seeds: int, notes: dict[str, str],
+                  extra: tuple[tuple[str, Ref], ...] = ()) -> str:
+    """Every `features` row, then the `extra` (label, accuracy) rows, against
+    the KD row `kd` (`(group, key)`): the difference of the means and the
+    same 2x pooled-std rule as the claims."""
     base = [100 * r["test_accuracy"] for r in table.get(kd, [])]
     lines = [f"| method | test acc. (%) | minus KD ({fmt(base)}) | pooled std | verdict | note |",
              "| --- | ---: | ---: | ---: | --- | --- |"]
-    for cell in cells:
-        if cell.group != "features" or cell.regime != "10%" or (cell.group, cell.key) == kd:
-            continue
-        results = table.get((cell.group, cell.key), [])
-        row = [100 * r["test_accuracy"] for r in results]
-        if results and _runs(results) == _runs(table.get(kd, [])):
-            lines.append(f"| {cell.label} | {fmt(row)} | — | — | — | the same runs as the reference row |")
+    rows = [(cell.label, Ref(cell.group, cell.key)) for cell in cells
+            if cell.group == "features" and cell.regime == "10%" and (cell.group, cell.key) != kd]
+    for label, ref in [*rows, *extra]:
+        results = table.get((ref.group, ref.key), [])
+        row = values(table, ref)
+        if results and ref.metric == "test_accuracy" and _runs(results) == _runs(table.get(kd, [])):
+            lines.append(f"| {label} | {fmt(row)} | — | — | — | the same runs as the reference row |")
             continue
         result = verdict(row, base, seeds)
         if result["difference"] is None:
-            lines.append(f"| {cell.label} | {fmt(row)} | — | — | pending | |")
+            lines.append(f"| {label} | {fmt(row)} | — | — | pending | |")
             continue
         difference, pooled = result["difference"], result["pooled_std"]
         word = "beats KD" if difference > 2 * pooled else "below KD" if -difference > 2 * pooled else "ties KD"
-        lines.append(f"| {cell.label} | {fmt(row)} | {difference:+.2f} | {pooled:.2f} | {word} "
-                     f"| {notes.get(cell.key, '') if word != 'beats KD' else ''} |")
+        lines.append(f"| {label} | {fmt(row)} | {difference:+.2f} | {pooled:.2f} | {word} "
+                     f"| {notes.get(ref.key if ref.group == 'features' else ref.name, '') if word != 'beats KD' else ''} |")
     return "\n".join(lines)
+
+
+#: Rows of other groups in the table against KD: what one deployed network of a
+#: multi-network method gets, next to the ensembles they come from.
+OTHER_VS_KD = (
+    ("EKD: the ensemble of its 3 ResNet8 branches, validated setting", Ref("tuned", "ekd")),
+    ("EKD: branch 1 alone (a ResNet8, taught by ResNet20), validated setting",
+     Ref("tuned", "ekd", "test_branch1_accuracy")),
+    ("OEMC: student 1 (a ResNet8, no teacher), validated variant", Ref("tuned", "oemc", "test_student1_accuracy")),
+    ("OEMC: the ensemble of its 5 students (widths 5/5 .. 1/5), validated variant", Ref("tuned", "oemc")),
+    ("DML: peer 1 (a ResNet8, no teacher)", Ref("online", "dml")),
+    ("ONE: branch 1 (a ResNet8, no teacher)", Ref("online", "one")),
+)
 
 
 #: What explains a claim's verdict (paper, setting) -> text: the ablations behind it, written from the runs.
@@ -392,8 +408,10 @@ def write(suite: str, table: dict, cells: list, docs: str, root: str, seeds: int
     write_section(docs, f"{suite}-cache", "Teacher-output cache: time saved", cache_section(table))
     write_section(docs, f"{suite}-zoo", "Every method against KD (validated T)",
                   "A row beats KD when its mean exceeds the validated KD row's (`tuned/kd`) by more than twice the "
-                  "pooled std of the 3 seeds, and is below it by the same rule.\n\n"
-                  + methods_vs_kd(table, cells, ("tuned", "kd"), seeds, METHOD_NOTES))
+                  "pooled std of the 3 seeds, and is below it by the same rule. The last rows are the multi-network "
+                  "methods: one network of the size of KD's student, cut out of the run, and the ensemble it "
+                  "comes from (larger than KD's student).\n\n"
+                  + methods_vs_kd(table, cells, ("tuned", "kd"), seeds, METHOD_NOTES, OTHER_VS_KD))
     claims_text, claim_records = claims_section(table, seeds)
     write_section(docs, f"{suite}-claims", "The seed papers' claims, tested", claims_text)
     write_results_json(Path(docs).with_suffix(".json"), suite, rows, claim_records)

@@ -442,3 +442,16 @@ def test_oemc_variant_is_chosen_by_its_students_mean_validation_accuracy(tmp_pat
     assert record["chosen"] == "oemc_no_inter" and record["criterion"] == run.CRITERIA["oemc"]
     assert abs(record["validation_accuracy"]["oemc_code"] - 0.85) < 1e-12
     assert "mean validation accuracy of the students (%)" in standard_page.tuning_section(tmp_path, {}, cells)
+
+
+def test_other_rows_against_kd_read_their_own_metric():
+    kd = [{"test_accuracy": a} for a in (0.900, 0.905, 0.910)]
+    ekd = [{"test_accuracy": 0.95, "test_branch1_accuracy": a} for a in (0.910, 0.915, 0.920)]
+    table = {("tuned", "kd"): kd, ("tuned", "ekd"): ekd}
+    extra = (("branch 1", standard_page.Ref("tuned", "ekd", "test_branch1_accuracy")),
+             ("ensemble", standard_page.Ref("tuned", "ekd")), ("not run", standard_page.Ref("online", "dml")))
+    text = standard_page.methods_vs_kd(table, [], ("tuned", "kd"), 3, {"tuned/ekd [branch1]": "a note"}, extra)
+    # Hand-computed: 91.5 - 90.5 = +1.00, both sample stds 0.5 -> pooled 0.50; 1.00 is not > 2 x 0.50.
+    assert "| branch 1 | 91.50 ± 0.50 | +1.00 | 0.50 | ties KD | a note |" in text
+    assert "| ensemble | 95.00 ± 0.00 | +4.50 | 0.35 | beats KD |  |" in text
+    assert "| not run | pending | — | — | pending | |" in text
