@@ -576,6 +576,12 @@ def _located_elsewhere(config) -> dict:
     evaluated (neither changes training), to find the same run under another name."""
     values = config.to_dict()
     values["train"] = {k: v for k, v in values["train"].items() if k not in ("validation_freq", "verbose")}
+    if values["method"]["name"] == "ce" and not values["teachers"]:
+        # `method: ce` trains one network, the teacher section's if set, else the student's:
+        # a teacher and a "larger network alone" of the same architecture are one run.
+        teacher = values.pop("teacher")
+        values["trained"] = teacher if teacher["arch"] or teacher["path"] else values["student"]
+        del values["student"]
     return {key: value for key, value in values.items() if key not in ("run_name", "output_dir")}
 
 

@@ -455,3 +455,20 @@ def test_other_rows_against_kd_read_their_own_metric():
     assert "| branch 1 | 91.50 ± 0.50 | +1.00 | 0.50 | ties KD | a note |" in text
     assert "| ensemble | 95.00 ± 0.00 | +4.50 | 0.35 | beats KD |  |" in text
     assert "| not run | pending | — | — | pending | |" in text
+
+
+def test_a_larger_network_alone_is_the_same_run_as_the_teacher_of_its_architecture(tmp_path, monkeypatch):
+    import dataclasses
+
+    monkeypatch.setitem(run.SUITES, "standard", dataclasses.replace(run.SUITES["standard"], root=str(tmp_path)))
+    found = {(c.group, c.key): c for c in run.cells("standard")}
+    teacher, alone = found[("teachers", "teacher_resnet20")], found[("ekd", "resnet20_alone")]
+    folder = run.cell_dir("standard", teacher, 0)
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(run.dump(run.resolve("standard", teacher, 0)))
+    (folder / "results.json").write_text(json.dumps({"test_accuracy": 0.9}))
+    config = run.resolve("standard", alone, 0)
+    assert config.student.arch == "resnet20" and config.teacher.arch is None  # spelled differently ...
+    assert run.same_run("standard", alone, 0, config) == folder  # ... one run: method ce trains one network
+    other = run.resolve("standard", found[("ekd", "resnet32_alone")], 0)
+    assert run.same_run("standard", found[("ekd", "resnet32_alone")], 0, other) is None
