@@ -85,3 +85,31 @@ def test_resume_refuses_a_changed_config(tmp_path, capsys):
     assert cli.main(["train-teacher", *common]) == 0
     assert cli.main(["train-teacher", *common, "--set", "train.learning_rate=0.1", "--resume"]) == 2
     assert "config differs from the saved one in train.learning_rate" in capsys.readouterr().err
+
+
+def test_a_run_killed_after_its_last_epoch_resumes_there_not_at_epoch_one(tmp_path, monkeypatch):
+    """The backup outlives `fit` until the results are written: a kill while
+    evaluating or saving the finished run costs no epoch."""
+    common = ["--output-dir", str(tmp_path), "--set", "data.name=synthetic", "--set", "data.batch_size=50",
+              "--set", "train.verbose=0", "--set", "teacher.arch=cnn", "--set", "train.epochs=2"]
+    original = runs._results
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # what a SIGTERM/SIGINT after the last epoch does
+
+    monkeypatch.setattr(runs, "_results", killed)
+    try:
+        cli.main(["train-teacher", "--run-name", "t", *common])
+    except KeyboardInterrupt:
+        pass
+    run_dir = tmp_path / "t"
+    assert not (run_dir / "results.json").exists()
+    assert json.loads((run_dir / "backup" / "training_metadata.json").read_text())["epoch"] == 2
+    monkeypatch.setattr(runs, "_results", original)
+    assert cli.main(["train-teacher", "--run-name", "t", *common, "--resume"]) == 0
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["resumed_at_epoch"] == 2 and results["epochs"] == 2
+    trainer = keras.models.load_model(run_dir / "distiller.keras")
+    assert int(trainer.optimizer.iterations) == 2 * (1000 // 50)  # no epoch trained again
+    assert "epoch 3:" not in (run_dir / "train.log").read_text()
+    assert not (run_dir / "backup").exists()  # removed once the results are written

@@ -469,8 +469,10 @@ def callbacks(run_dir: Path, model_file: str, config: RunConfig) -> list:
         # again) rather than restoring an epoch the log never saw.
         EpochLogger(),
         # Restores weights, optimizer state and epoch after a crash (--resume);
-        # the previous copy is kept in case the process dies while writing.
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), double_checkpoint=True),
+        # the previous copy is kept in case the process dies while writing. Kept
+        # after the last epoch too, until the results are written (`_train`): a
+        # kill while evaluating or saving resumes there, not at epoch 1.
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), double_checkpoint=True, delete_checkpoint=False),
         RunSummaries(run_dir, config),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
         keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), update_freq="epoch"),
@@ -620,6 +622,7 @@ def _train(config: RunConfig, overwrite: bool, resume: bool) -> dict:
             results.update(reports)
             atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
         write_final_metrics(run_dir, results, step=config.train.epochs)
+        shutil.rmtree(run_dir / "backup", ignore_errors=True)  # the run is complete
         return results
     finally:
         close_log()
