@@ -52,6 +52,15 @@ class OnlineEnsembleDistiller(BaseDistiller):
     batch. Every network runs once per step: the logits and stage maps of
     all students come from ONE pass of the shared-stem network.
 
+    The defaults are those of the authors' released code (BOC-KD, its ECCV
+    2020 CIFAR-100 configs): CE on every student at 0.7, KD at 0.15 with
+    `T^2`, T = 2, the ensemble as the plain mean of the logits, detached
+    targets, and every loss reaching the shared base. That code differs in
+    what is not the loss: its adapters have a bias and join the optimizer
+    after the first epoch at half the learning rate (here: no bias, trained
+    from the first step), and it trains with Adam (lr 1e-3, weight decay
+    1e-5) for 350 epochs and reports each student's best test epoch.
+
     `call()`/`predict`/`export` give the ensemble logits. Metrics: `loss`,
     `ce_loss`, `inter_loss`, `kd_loss` (unweighted), `accuracy` (ensemble
     top-1) and `student1_accuracy` .. `studentS_accuracy`.
@@ -67,7 +76,7 @@ class OnlineEnsembleDistiller(BaseDistiller):
         kd_temperature_scaling: multiply each KD term by `T^2` (default, as
             the authors' code); False follows the paper's equation.
         inter_updates_stem: whether `inter_loss` also trains the shared stem
-            (default, our first reading) or, as the paper describes, only
+            (default, as the authors' code) or, as the paper describes, only
             the compressed students' branches and the adapters.
         check_finite, check_labels: see `BaseDistiller`.
 
