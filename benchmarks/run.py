@@ -96,7 +96,7 @@ SUITES = {
                                 "features/fitnet", "tuning/lp_", "tuned/lp", "sftn/scratch_teacher",
                                 "sftn/scratch_kd", "tuning/sftn_", "tuned/sftn", "features/at", "sftn/scratch_at", "sftn/tuned_at",
                                 "tuning/ekd_", "tuned/ekd",
-                                "paper/ekd", "ekd/resnet20_alone", "tuning/oemc_", "tuned/oemc", "online/alone_w",
+                                "paper/ekd", "ekd/resnet20_alone", "ekd/ekd_ce", "tuning/oemc_", "tuned/oemc", "online/alone_w",
                                 "paper/", "ekd/ekd_ce", "features/", "ekd/", "online/", "headline/"),
                          headline=True),
 }
