@@ -97,7 +97,7 @@ SUITES = {
                                 "sftn/scratch_kd", "tuning/sftn_", "tuned/sftn", "features/at", "sftn/scratch_at", "sftn/tuned_at",
                                 "tuning/ekd_", "tuned/ekd",
                                 "paper/ekd", "ekd/resnet20_alone", "ekd/ekd_ce", "tuning/oemc_", "tuned/oemc", "online/alone_w",
-                                "paper/", "ekd/ekd_ce", "features/", "ekd/", "online/", "headline/"),
+                                "paper/", "features/", "ekd/", "online/", "headline/"),
                          headline=True),
 }
 
@@ -516,7 +516,9 @@ def plan(suite: str) -> list[tuple[str, str]]:
     """`(cell, what happens)` for every cell a run of the suite would not just
     read back, in running order: `train`, `resume at epoch N` (an interrupted
     run of the same config), `reuse <folder>` (a finished run, or one trained
-    earlier in this plan, with the same config) or `wait for tuning`. A
+    earlier in this plan, with the same config) or `wait for a choice on
+    validation` (a tuned row whose family, or the headline's best row, is
+    not decided yet). A
     finished cell whose teacher the plan trains again is trained again."""
     p = SUITES[suite]
     finished_runs, planned, steps = {}, {}, []  # finished: config -> folders; planned: folder -> order
@@ -534,7 +536,7 @@ def plan(suite: str) -> list[tuple[str, str]]:
             try:
                 config = resolve(suite, cell, seed)
             except TuningPendingError:
-                steps.append((name, "wait for tuning"))
+                steps.append((name, "wait for a choice on validation"))
                 continue
             teachers = teacher_folders(config)
             if str(folder) not in planned and finished(folder, config) is not None and trained_after(
@@ -703,7 +705,7 @@ def main(argv=None) -> None:
     parser.add_argument("--check", action="store_true", help="list finished cells the current code would train "
                         "again (their resolved config changed) and exit 1 if there are any; trains nothing.")
     parser.add_argument("--plan", action="store_true", help="list the cells a run would train, resume, reuse "
-                        "from a finished run with the same config, or wait for tuning, in running order; "
+                        "from a finished run with the same config, or wait for a choice on validation, in running order; "
                         "trains nothing.")
     args = parser.parse_args(argv)
     if args.plan:
@@ -712,7 +714,7 @@ def main(argv=None) -> None:
         for name, action in steps:
             print(f"{name}: {action}")
         print(f"[{args.suite}] {counts['train'] + counts['resume']} run(s) to train ({counts['resume']} resumed), "
-              f"{counts['reuse']} reuse a finished run, {counts['wait']} wait for a tuning family", flush=True)
+              f"{counts['reuse']} reuse a finished run, {counts['wait']} wait for a choice on validation", flush=True)
         return
     if args.check:
         stale = stale_cells(args.suite)

@@ -387,7 +387,7 @@ def test_plan_lists_what_a_run_would_train_reuse_resume_or_wait_for(tmp_path, mo
 
     everything = dict(run.plan("standard"))
     assert everything["teachers/teacher_resnet20 seed 0"] == "train"
-    assert everything["tuned/kd seed 0"] == "wait for tuning"
+    assert everything["tuned/kd seed 0"] == "wait for a choice on validation"
     # Two cells with one config: the later one reuses the run the plan trains first.
     first = next(name for name, action in run.plan("standard") if name.startswith(("features/kd ", "tuning/kd_t4 ")))
     assert everything[first] == "train" and first.endswith("seed 0")
@@ -409,7 +409,7 @@ def test_plan_lists_what_a_run_would_train_reuse_resume_or_wait_for(tmp_path, mo
 
     run.main(["--suite", "standard", "--plan"])
     out = capsys.readouterr().out
-    assert f"{first}: train\n" in out and f"{other}: reuse " in out and "wait for a tuning family" in out
+    assert f"{first}: train\n" in out and f"{other}: reuse " in out and "wait for a choice on validation" in out
 
 
 def test_a_run_stands_for_another_only_if_trained_after_the_teachers_retrained_now():
