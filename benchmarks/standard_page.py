@@ -44,9 +44,13 @@ class Claim:
     setting: str  # "paper" (the paper's own setting) or "tuned" (chosen on validation)
 
 
+#: OEMC's students and the networks they face trained alone (the baselines of its claims).
+OEMC_ALONE = {1: ("features", "baseline"), **{j: ("online", f"alone_w{6 - j}") for j in range(2, 6)}}
+
+
 def _oemc_claims(group: str, key: str, setting: str) -> list[Claim]:
     paper = "OEMC (Walawalkar et al. 2020)"
-    alone = {1: Ref("features", "baseline"), **{j: Ref("online", f"alone_w{6 - j}") for j in range(2, 6)}}
+    alone = {j: Ref(*row) for j, row in OEMC_ALONE.items()}
     claims = [
         Claim(paper, f"compressed student {j} beats the same network trained alone", Ref(group, key,
               f"test_student{j}_accuracy"), alone[j], setting)
@@ -403,6 +407,29 @@ def cache_section(table: dict) -> str:
     ])
 
 
+def oemc_section(table: dict, cells: list) -> str:
+    """Each OEMC student (and the ensemble) inside the run against the same
+    network trained alone: the paper's and the validated rows (their seeds),
+    and every candidate of the family (seed 0), so the ablation is one table."""
+    candidates = [c for c in cells if c.family == "oemc"]
+    columns = [("paper's setting", ("paper", "oemc")), ("validated", ("tuned", "oemc")),
+               *[(f"`{c.key.removeprefix('oemc_')}` (seed 0)", (c.group, c.key)) for c in candidates]]
+    lines = ["| model | params | alone (%) | " + " | ".join(f"{name} (%)" for name, _ in columns) + " |",
+             "| --- | ---: | ---: | " + " | ".join("---:" for _ in columns) + " |"]
+    for j in [*range(1, 6), None]:
+        metric = "test_accuracy" if j is None else f"test_student{j}_accuracy"
+        alone = table.get(OEMC_ALONE[j], []) if j else []
+        params = f"{alone[0]['params']:,}" if alone else "—"
+        cells_text = [fmt(values(table, Ref(*key, metric))) for _, key in columns]
+        name = "ensemble" if j is None else f"student {j} (width {6 - j}/5)"
+        lines.append(f"| {name} | {params} | {fmt(values(table, Ref(*OEMC_ALONE[j]))) if j else '—'} | "
+                     + " | ".join(cells_text) + " |")
+    return ("Test accuracy of each student inside the run against the same network trained alone with CE "
+            "(120 epochs; student 1 alone is the `features/baseline` row). The candidate columns are the "
+            "family's seed-0 runs, chosen on the students' mean validation accuracy (above).\n\n"
+            + "\n".join(lines))
+
+
 def write(suite: str, table: dict, cells: list, docs: str, root: str, seeds: int = 3) -> None:
     """Rewrites the standard suite's sections of `docs` and `docs/results.json`."""
     root_path, figures = Path(root), Path(docs).parent / "figures"
@@ -426,6 +453,7 @@ def write(suite: str, table: dict, cells: list, docs: str, root: str, seeds: int
                   "methods: one network of the size of KD's student, cut out of the run, and the ensemble it "
                   "comes from (larger than KD's student).\n\n"
                   + methods_vs_kd(table, cells, ("tuned", "kd"), seeds, METHOD_NOTES, OTHER_VS_KD))
+    write_section(docs, f"{suite}-oemc", "OEMC: each student inside the run and alone", oemc_section(table, cells))
     claims_text, claim_records = claims_section(table, seeds)
     write_section(docs, f"{suite}-claims", "The seed papers' claims, tested", claims_text)
     write_results_json(Path(docs).with_suffix(".json"), suite, rows, claim_records)

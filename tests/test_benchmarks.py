@@ -474,3 +474,19 @@ def test_a_larger_network_alone_is_the_same_run_as_the_teacher_of_its_architectu
     assert run.same_run("standard", alone, 0, config) == folder  # ... one run: method ce trains one network
     other = run.resolve("standard", found[("ekd", "resnet32_alone")], 0)
     assert run.same_run("standard", found[("ekd", "resnet32_alone")], 0, other) is None
+
+
+def test_oemc_table_puts_each_student_next_to_itself_alone():
+    cells = run.cells("standard")
+    students = {f"test_student{j}_accuracy": a for j, a in enumerate((0.91, 0.90, 0.89, 0.88, 0.80), start=1)}
+    table = {("features", "baseline"): [{"test_accuracy": a, "params": 78426} for a in (0.90, 0.90, 0.91)],
+             ("online", "alone_w1"): [{"test_accuracy": 0.82, "params": 3671}],
+             ("tuning", "oemc_no_inter"): [{"test_accuracy": 0.92, **students}]}
+    lines = standard_page.oemc_section(table, cells).splitlines()
+    header = lines[2].split(" | ")
+    column = next(i for i, name in enumerate(header) if name.startswith("`no_inter`"))
+    first = lines[4].split(" | ")
+    assert first[0] == "| student 1 (width 5/5)" and first[2] == "90.33 ± 0.58" and first[column] == "91.00"
+    last = lines[8].split(" | ")
+    assert last[1:3] == ["3,671", "82.00"] and last[column] == "80.00"
+    assert lines[9].split(" | ")[column] == "92.00"  # the ensemble
