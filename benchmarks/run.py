@@ -521,15 +521,8 @@ def plan(suite: str) -> list[tuple[str, str]]:
     not decided yet). A
     finished cell whose teacher the plan trains again is trained again."""
     p = SUITES[suite]
-    finished_runs, planned, steps = {}, {}, []  # finished: config -> folders; planned: folder -> order
-    for cell in cells(suite):
-        for seed in cell.seeds or p.seeds:
-            try:
-                config = resolve(suite, cell, seed)
-            except TuningPendingError:
-                continue
-            if finished(cell_dir(suite, cell, seed), config) is not None:
-                finished_runs.setdefault(_config_key(config), []).append(str(cell_dir(suite, cell, seed)))
+    planned, steps = {}, []  # planned: folder -> training order
+    finished_runs = {key: [str(folder) for folder in folders] for key, folders in finished_by_config(suite).items()}
     for cell in ordered(suite):
         for seed in cell.seeds or p.seeds:
             name, folder = f"{cell.group}/{cell.key} seed {seed}", cell_dir(suite, cell, seed)
@@ -589,12 +582,30 @@ def _located_elsewhere(config) -> dict:
     return {key: value for key, value in values.items() if key not in ("run_name", "output_dir")}
 
 
+def finished_by_config(suite: str) -> dict[str, list[Path]]:
+    """The folders of every finished run (results of exactly its cell's
+    resolved config), grouped by what they trained (`_config_key`), in the
+    suite's cell order: where `collect` and `plan` find twins (`same_run`
+    looks for one, and stops at the first)."""
+    index = {}
+    for cell in cells(suite):
+        for seed in cell.seeds or SUITES[suite].seeds:
+            try:
+                config = resolve(suite, cell, seed)
+            except TuningPendingError:
+                continue
+            folder = cell_dir(suite, cell, seed)
+            if finished(folder, config) is not None:
+                index.setdefault(_config_key(config), []).append(folder)
+    return index
+
+
 def same_run(suite: str, cell: Cell, seed: int, config, usable=lambda folder: True) -> Path | None:
     """A finished run folder of another cell with exactly this config (e.g. the
     tuning candidate a tuned row chose, for the seed it was tuned on) for
     which `usable(folder)` holds."""
-    wanted = _located_elsewhere(config)
-    for other in cells(suite):
+    wanted = _config_key(config)
+    for other in cells(suite):  # stops at the first twin: resolves only the cells listed before it
         if other == cell or seed not in (other.seeds or SUITES[suite].seeds):
             continue
         try:
@@ -602,8 +613,7 @@ def same_run(suite: str, cell: Cell, seed: int, config, usable=lambda folder: Tr
         except TuningPendingError:
             continue
         folder = cell_dir(suite, other, seed)
-        if (_located_elsewhere(other_config) == wanted and finished(folder, other_config) is not None
-                and usable(folder)):
+        if _config_key(other_config) == wanted and finished(folder, other_config) is not None and usable(folder):
             return folder
     return None
 
@@ -670,24 +680,20 @@ def collect(suite: str) -> dict:
     """{(group, key): [results per seed]} of every finished cell on disk, and
     of every cell not run yet whose config is exactly that of a finished run
     (the runner will reuse that run: `same_run`), so the page shows it now."""
-    by_config, results, waiting = {}, {}, []
+    index, results = finished_by_config(suite), {}
     for cell in cells(suite):
         for seed in cell.seeds or SUITES[suite].seeds:
             folder = cell_dir(suite, cell, seed)
             if (folder / "results.json").is_file():
                 results[(cell, seed)] = json.loads((folder / "results.json").read_text())
+                continue
             try:
-                config = resolve(suite, cell, seed)
+                twins = index.get(_config_key(resolve(suite, cell, seed)))
             except TuningPendingError:
                 continue
-            key = _config_key(config)
-            if (cell, seed) not in results:
-                waiting.append((cell, seed, key))
-            elif finished(folder, config) is not None:
-                by_config.setdefault(key, {**results[(cell, seed)], "same_run_as": str(folder)})
-    for cell, seed, key in waiting:
-        if key in by_config:
-            results[(cell, seed)] = by_config[key]
+            if twins:
+                results[(cell, seed)] = {**json.loads((twins[0] / "results.json").read_text()),
+                                         "same_run_as": str(twins[0])}
     return {(cell.group, cell.key): [results[(cell, seed)] for seed in cell.seeds or SUITES[suite].seeds
                                      if (cell, seed) in results]
             for cell in cells(suite)}

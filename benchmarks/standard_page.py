@@ -431,7 +431,7 @@ def oemc_section(table: dict, cells: list) -> str:
                      + " | ".join(cells_text) + " |")
     return ("Test accuracy of each student inside the run against the same network trained alone with CE "
             "(120 epochs; student 1 alone is the `features/baseline` row). The candidate columns are the "
-            "family's seed-0 runs, chosen on the students' mean validation accuracy (above).\n\n"
+            f"family's seed-0 runs, chosen on the {CRITERIA['oemc']} (above).\n\n"
             + "\n".join(lines))
 
 
