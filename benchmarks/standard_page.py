@@ -333,8 +333,8 @@ CLAIM_NOTES: dict[tuple[str, str], str] = {
         "schedule (273,754 parameters and 31.0M MACs, against the student's 234,862 and 27.8M; 90.37 ± 0.15, "
         "seed 0 is the suite's ResNet20 teacher run) it reproduces too (+0.94). The teachers are what "
         "helps, not only the ensemble: the same three branches trained without teachers (`ekd/ekd_ce`, "
-        "alpha = beta = 0, seeds 0 and 1) reach 90.74 / 90.46% as an ensemble and 89.3-89.6% per branch, "
-        "against 91.34 / 91.21% and 89.9-91.1% with them (the validated setting, the same seeds).",
+        "alpha = beta = 0) reach 90.56 ± 0.15 as an ensemble and 89.1-89.6% per branch, against 91.23 ± 0.11 "
+        "and 89.9-91.1% with them (the validated setting, the same 3 seeds): +0.67 against 2x pooled std 0.26.",
     ("EKD (Asif et al. 2020)", "tuned"):
         "Validated setting: summed branch terms and a 1x1 adapter on every embedding pair (91.82% validation, "
         "the paper's 91.60%). On test it matches the paper's setting (91.23 ± 0.11 vs 91.32 ± 0.02) and beats "

@@ -55,8 +55,17 @@ def np_log_softmax(z):
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
-def np_soft_target(teacher, student, temperature):
-    """Independent numpy reference: T^2 * mean_batch KL(p_t^T || p_s^T)."""
+def np_standardize(z):
+    """Logit standardization (Sun et al., CVPR 2024): per-sample z-score, sample std (ddof 1)."""
+    z = np.asarray(z, np.float64)
+    return (z - z.mean(-1, keepdims=True)) / (z.std(-1, ddof=1, keepdims=True) + 1e-7)
+
+
+def np_soft_target(teacher, student, temperature, standardize=False):
+    """Independent numpy reference: T^2 * mean_batch KL(p_t^T || p_s^T), of
+    z-scored logits with `standardize`."""
+    if standardize:
+        teacher, student = np_standardize(teacher), np_standardize(student)
     log_p = np_log_softmax(teacher.astype(np.float64) / temperature)
     log_q = np_log_softmax(student.astype(np.float64) / temperature)
     return temperature**2 * np.mean(np.sum(np.exp(log_p) * (log_p - log_q), axis=-1))

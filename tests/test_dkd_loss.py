@@ -7,7 +7,7 @@ import pytest
 
 from keras_kd import Distiller, losses
 
-from conftest import tiny_model
+from conftest import np_standardize, tiny_model
 
 
 def np_softmax(z):
@@ -29,10 +29,6 @@ def np_dkd(teacher, student, labels, alpha, beta, t):
         rest = np.arange(len(z_t)) != y
         nckd.append(np_kl(np_softmax(z_t[rest] / t), np_softmax(z_s[rest] / t)))
     return t * t * (alpha * np.mean(tckd) + beta * np.mean(nckd)), np.array(tckd), np.array(nckd)
-
-
-def np_standardize(z):
-    return (z - z.mean(-1, keepdims=True)) / (z.std(-1, ddof=1, keepdims=True) + 1e-7)
 
 
 @pytest.mark.parametrize("alpha, beta, t", [(1.0, 8.0, 4.0), (0.5, 2.0, 1.0)])

@@ -14,7 +14,7 @@ from test_cli import TINY_ARGS, run_cli
 from keras_kd import models, registry
 from keras_kd.distillers.mutual import DMLTrainer
 
-from conftest import np_cross_entropy, tiny_model
+from conftest import np_cross_entropy, np_standardize, tiny_model
 
 RNG = np.random.default_rng(0)
 
@@ -29,10 +29,11 @@ def np_softmax(z, temperature):
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def np_dml(logits, y, temperature=1.0):
-    """Per peer k: CE(y, z_k) and T^2 / (N-1) * sum_{l != k} mean_batch KL(p_l || p_k)."""
+def np_dml(logits, y, temperature=1.0, standardize=False):
+    """Per peer k: CE(y, z_k) and T^2 / (N-1) * sum_{l != k} mean_batch KL(p_l || p_k)
+    (p of z-scored logits with `standardize`)."""
     n = len(logits)
-    p = [np_softmax(z, temperature) for z in logits]
+    p = [np_softmax(np_standardize(z) if standardize else z, temperature) for z in logits]
     ce = [np_cross_entropy(y, z) for z in logits]
     kl = []
     for k in range(n):
@@ -44,14 +45,19 @@ def np_dml(logits, y, temperature=1.0):
     return ce, kl
 
 
-@pytest.mark.parametrize("count, temperature", [(2, 1.0), (3, 1.0), (3, 3.0)])
-def test_terms_match_numpy(count, temperature):
+@pytest.mark.parametrize("count, temperature, standardize", [(2, 1.0, False), (3, 1.0, False), (3, 3.0, False),
+                                                             (3, 2.0, True)])
+def test_terms_match_numpy(count, temperature, standardize):
     nets = peers(count)
-    trainer = DMLTrainer(peers=nets, ce_weight=0.5, kl_weight=2.0, temperature=temperature)
+    trainer = DMLTrainer(peers=nets, ce_weight=0.5, kl_weight=2.0, temperature=temperature,
+                         logit_standardization=standardize)
     trainer.compile(optimizer="sgd")
     x, y = RNG.normal(size=(6, 28, 28, 1)).astype("float32"), np.array([0, 3, 9, 1, 1, 5])
     logits = [net(x, training=False).numpy() for net in nets]
-    ce, kl = np_dml(logits, y, temperature)
+    ce, kl = np_dml(logits, y, temperature, standardize)
+    if standardize:  # the z-scored mimicry differs from the plain one on these logits
+        assert not np.allclose(kl, np_dml(logits, y, temperature)[1], rtol=1e-2)
+        assert DMLTrainer.from_config(trainer.get_config()).logit_standardization
     terms = trainer.compute_terms(x, y, trainer(x, training=False, features=True), training=False)
     values = {term.name: float(term.value) for term in terms}
     for k in range(count):

@@ -21,12 +21,13 @@ def make_teachers(names, shape=SHAPE):
 
 
 @pytest.mark.parametrize(
-    "teacher_names,embedding_adapter,branch_weighting",
-    [(("resnet8", "cnn"), "if_needed", "mean"),
-     (("cnn", "resnet8", "wrn_16_1"), "if_needed", "mean"),
-     (("resnet8", "cnn"), "always", "sum")],
+    "teacher_names,embedding_adapter,branch_weighting,standardize",
+    [(("resnet8", "cnn"), "if_needed", "mean", False),
+     (("cnn", "resnet8", "wrn_16_1"), "if_needed", "mean", False),
+     (("resnet8", "cnn"), "always", "sum", False),
+     (("resnet8", "cnn"), "always", "sum", True)],
 )
-def test_loss_matches_numpy(teacher_names, embedding_adapter, branch_weighting):
+def test_loss_matches_numpy(teacher_names, embedding_adapter, branch_weighting, standardize):
     teachers = make_teachers(teacher_names)
     n = len(teachers)
     student = models.multibranch("resnet8", n, SHAPE, 10)
@@ -34,6 +35,7 @@ def test_loss_matches_numpy(teacher_names, embedding_adapter, branch_weighting):
     distiller = EnsembleDistiller(
         teachers=teachers, student=student, temperature=temperatures, alpha=alphas, beta=betas,
         ce_weight=0.7, ensemble_weight=1.3, embedding_adapter=embedding_adapter, branch_weighting=branch_weighting,
+        logit_standardization=standardize,
     )
     share = 1.0 / n if branch_weighting == "mean" else 1.0
     rng = np.random.default_rng(1)
@@ -56,7 +58,9 @@ def test_loss_matches_numpy(teacher_names, embedding_adapter, branch_weighting):
             assert adapter is None
         embedding = np.mean(np.sum((np_l2n(h) - np_l2n(t["embedding"])) ** 2, -1))
         expected[f"branch{i}_ce_loss"] = (0.7 * share, np_cross_entropy(y, s[f"branch{i}"]))
-        kd = np_soft_target(t["logits"], s[f"branch{i}"], temperatures[i - 1])
+        kd = np_soft_target(t["logits"], s[f"branch{i}"], temperatures[i - 1], standardize)
+        if standardize:
+            assert kd != pytest.approx(np_soft_target(t["logits"], s[f"branch{i}"], temperatures[i - 1]), rel=1e-2)
         expected[f"branch{i}_kd_loss"] = (alphas[i - 1] * share, kd)
         expected[f"branch{i}_embedding_loss"] = (betas[i - 1] * share, embedding)
     assert terms.keys() == expected.keys()

@@ -17,7 +17,7 @@ from keras_kd.models.multibranch import extract_branch
 from keras_kd.models.native_ensemble import branch_count, branch_model, ensemble_view, native_ensemble
 from keras_kd.taps import tap_model
 
-from conftest import np_cross_entropy, np_log_softmax
+from conftest import np_cross_entropy, np_log_softmax, np_standardize
 
 SHAPE = (16, 16, 1)
 RNG = np.random.default_rng(0)
@@ -40,9 +40,11 @@ def probe(net):
     return keras.Model(net.inputs[0], outputs)
 
 
-def np_one(net, pool, logits, y, temperature, training):
+def np_one(net, pool, logits, y, temperature, training, standardize=False):
     """Paper Eqs. 1-5: g = softmax(ReLU(BN(W . pool))), z_e = sum_k g_k z_k,
-    CE of every branch and of z_e, T^2 * KL(p_e^T || p_k^T) per branch."""
+    CE of every branch and of z_e, T^2 * KL(p_e^T || p_k^T) per branch (p of
+    z-scored logits with `standardize`)."""
+    scores = np_standardize if standardize else (lambda z: z)
     kernel = net.get_layer("gate_dense").kernel.numpy().astype(np.float64)
     bn = net.get_layer("gate_bn")
     h = pool.astype(np.float64) @ kernel
@@ -56,10 +58,10 @@ def np_one(net, pool, logits, y, temperature, training):
     gate /= gate.sum(axis=1, keepdims=True)
     z = [np.asarray(t, np.float64) for t in logits]
     ensemble = sum(gate[:, k : k + 1] * z[k] for k in range(len(z)))
-    log_pe = np_log_softmax(ensemble / temperature)
+    log_pe = np_log_softmax(scores(ensemble) / temperature)
     terms = {"ensemble_ce_loss": np_cross_entropy(y, ensemble)}
     for k, zk in enumerate(z, start=1):
-        log_pk = np_log_softmax(zk / temperature)
+        log_pk = np_log_softmax(scores(zk) / temperature)
         terms[f"branch{k}_ce_loss"] = np_cross_entropy(y, zk)
         terms[f"branch{k}_kl_loss"] = temperature**2 * np.mean(np.sum(np.exp(log_pe) * (log_pe - log_pk), axis=1))
     return gate, terms
@@ -101,6 +103,22 @@ def test_step_loss_matches_numpy_reference():
         np.testing.assert_allclose(logs[f"branch{k}_accuracy"], np.mean(out[f"branch{k}"].argmax(1) == y))
     assert logs["accuracy"] == logs["branch1_accuracy"]
     np.testing.assert_allclose(trainer.predict(x, verbose=0), out["branch1"], atol=1e-5)  # branch 1 is deployed
+
+
+def test_kl_terms_of_standardized_logits_match_numpy():
+    net = network(3)
+    trainer = ONETrainer(network=net, temperature=2.0, logit_standardization=True)
+    x, y = batch()
+    out = {key: value.numpy() for key, value in probe(net)(x, training=False).items()}
+    logits = [out[f"branch{k}"] for k in (1, 2, 3)]
+    _, expected = np_one(net, out["pool"], logits, y, 2.0, training=False, standardize=True)
+    _, plain = np_one(net, out["pool"], logits, y, 2.0, training=False)
+    terms = {t.name: float(t.value) for t in trainer.compute_terms(x, y, trainer(x, training=False, features=True), False)}
+    for k in (1, 2, 3):
+        name = f"branch{k}_kl_loss"
+        np.testing.assert_allclose(terms[name], expected[name], rtol=1e-4, atol=1e-7, err_msg=name)
+        assert not np.isclose(expected[name], plain[name], rtol=1e-2)
+    assert ONETrainer.from_config(trainer.get_config()).logit_standardization
 
 
 def test_kl_target_is_constant_and_the_gate_learns_from_the_ensemble_ce_only():

@@ -34,12 +34,12 @@ def branch_outputs(network, x):
     return [[t.numpy() for t in branch(stem, training=False)] for branch in branches]
 
 
-def np_terms(outputs, parts, y, temperature):
+def np_terms(outputs, parts, y, temperature, standardize=False):
     """Independent numpy reference of the three OEMC terms."""
     logits = [out[3].astype(np.float64) for out in outputs]
     ensemble = np.mean(logits, axis=0)
     ce = sum(np_cross_entropy(y, z) for z in logits)
-    kd = sum(np_soft_target(ensemble, z, temperature) for z in logits)
+    kd = sum(np_soft_target(ensemble, z, temperature, standardize) for z in logits)
     inter = 0.0
     for b, stage in enumerate(STAGES):
         target = outputs[0][b].astype(np.float64)
@@ -67,6 +67,19 @@ def test_terms_match_numpy_for_three_students():
     expected_metrics = {"loss", "ce_loss", "inter_loss", "kd_loss", "accuracy"}
     assert set(logs) == expected_metrics | {f"student{j}_accuracy" for j in (1, 2, 3)}
     assert d.temperature == 3.0
+
+
+def test_kd_term_of_standardized_logits_matches_numpy():
+    d = distiller(3, temperature=3.0, logit_standardization=True)
+    x, y = images(6), np.array([0, 3, 9, 1, 1, 5])
+    outputs = branch_outputs(d.student, x)
+    _, _, kd = np_terms(outputs, d.loss_parts, y, 3.0, standardize=True)
+    terms = {t.name: float(t.value) for t in d.compute_terms(x, y, d(x, training=False, features=True), False)}
+    np.testing.assert_allclose(terms["kd_loss"], kd, rtol=1e-4)
+    assert not np.isclose(kd, np_terms(outputs, d.loss_parts, y, 3.0)[2], rtol=1e-2)
+    config = d.get_config()
+    assert config["logit_standardization"] is True
+    assert OnlineEnsembleDistiller.from_config(config).logit_standardization
 
 
 def test_default_weights_and_adapter_shapes():

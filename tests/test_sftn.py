@@ -8,7 +8,7 @@ from keras_kd.adapters import HintRegressor
 from keras_kd.distillers.sftn import SFTNTrainer
 from keras_kd.models.blocks import split
 
-from conftest import SubclassedNet, np_cross_entropy, np_log_softmax
+from conftest import SubclassedNet, np_cross_entropy, np_log_softmax, np_standardize
 
 SHAPE = (16, 16, 1)
 
@@ -18,8 +18,10 @@ def data(n=8, seed=0):
     return rng.normal(size=(n, *SHAPE)).astype("float32"), (np.arange(n) % 10).astype("int32")
 
 
-def np_kl(teacher, branch, temperature):
-    """tau^2 * mean_batch sum_classes p log(p / q), float64."""
+def np_kl(teacher, branch, temperature, standardize=False):
+    """tau^2 * mean_batch sum_classes p log(p / q), float64 (of z-scored logits with `standardize`)."""
+    if standardize:
+        teacher, branch = np_standardize(teacher), np_standardize(branch)
     log_p = np_log_softmax(teacher.astype(np.float64) / temperature)
     log_q = np_log_softmax(branch.astype(np.float64) / temperature)
     return temperature**2 * np.mean(np.sum(np.exp(log_p) * (log_p - log_q), axis=-1))
@@ -29,10 +31,12 @@ def ids(variables):
     return {id(v) for v in variables}
 
 
-def test_terms_and_total_loss_match_numpy():
+@pytest.mark.parametrize("standardize", [False, True])
+def test_terms_and_total_loss_match_numpy(standardize):
     teacher = models.get("resnet14", SHAPE, 10)
     student = models.get("cnn", SHAPE, 10)
-    trainer = SFTNTrainer(teacher=teacher, student=student, lambda_t=0.5, lambda_kl=2.0, lambda_ce=1.5, temperature=3.0)
+    trainer = SFTNTrainer(teacher=teacher, student=student, lambda_t=0.5, lambda_kl=2.0, lambda_ce=1.5, temperature=3.0,
+                          logit_standardization=standardize)
     trainer.compile(optimizer="sgd")
     x, y = data(8)
     logs = trainer.evaluate(x, y, batch_size=8, return_dict=True, verbose=0)
@@ -49,7 +53,10 @@ def test_terms_and_total_loss_match_numpy():
         branches.append(z.numpy())
 
     teacher_ce = np_cross_entropy(y, z_t)
-    kl = np.mean([np_kl(z_t, z, 3.0) for z in branches])
+    kl = np.mean([np_kl(z_t, z, 3.0, standardize) for z in branches])
+    if standardize:
+        assert not np.isclose(kl, np.mean([np_kl(z_t, z, 3.0) for z in branches]), rtol=1e-2)
+        assert trainer.get_config()["logit_standardization"] is True
     branch_ce = np.mean([np_cross_entropy(y, z) for z in branches])
     np.testing.assert_allclose(logs["teacher_loss"], teacher_ce, rtol=1e-4)
     np.testing.assert_allclose(logs["branch_kl_loss"], kl, rtol=1e-4, atol=1e-6)

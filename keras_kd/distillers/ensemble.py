@@ -73,6 +73,8 @@ class EnsembleDistiller(BaseDistiller):
         teachers: trained models returning logits for the same classes.
         student: a multi-branch student with one branch per teacher.
         temperature, alpha, beta: one value for all teachers or one per teacher.
+        logit_standardization: z-score every network's logits per sample before
+            the temperature of the KD terms (Sun et al., CVPR 2024; `SoftTargetLoss`).
         ce_weight: weight of each branch's hard-label cross-entropy.
         ensemble_weight: weight of the cross-entropy of the ensemble output.
         embedding_layer: layer of every teacher holding its pooled embedding.
@@ -109,6 +111,7 @@ class EnsembleDistiller(BaseDistiller):
         temperature: float | Sequence[float] = 4.0,
         alpha: float | Sequence[float] = 1.0,
         beta: float | Sequence[float] = 1.0,
+        logit_standardization: bool = False,
         ce_weight: float = 1.0,
         ensemble_weight: float = 1.0,
         embedding_layer: str = "embedding",
@@ -173,7 +176,11 @@ class EnsembleDistiller(BaseDistiller):
         self.embedding_layer = embedding_layer
         self.embedding_adapter = embedding_adapter
         self.branch_weighting = branch_weighting
-        self.kd_losses = [SoftTargetLoss(t, student_layer_name=branch) for t, branch in zip(temperatures, branches, strict=True)]
+        self.logit_standardization = bool(logit_standardization)
+        self.kd_losses = [
+            SoftTargetLoss(t, logit_standardization=self.logit_standardization, student_layer_name=branch)
+            for t, branch in zip(temperatures, branches, strict=True)
+        ]
         self.embedding_losses = [
             EmbeddingMimicryLoss(
                 adapter=embedding_adapter, teacher_layer_name=embedding_layer, student_layer_name=embedding_name(branch)
@@ -236,6 +243,7 @@ class EnsembleDistiller(BaseDistiller):
             "temperature": self.temperatures,
             "alpha": self.alphas,
             "beta": self.betas,
+            "logit_standardization": self.logit_standardization,
             "ce_weight": self.ce_weight,
             "ensemble_weight": self.ensemble_weight,
             "embedding_layer": self.embedding_layer,

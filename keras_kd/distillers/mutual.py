@@ -66,6 +66,8 @@ class DMLTrainer(BaseDistiller):
         ce_weight: weight of each peer's cross-entropy (paper: 1).
         kl_weight: weight of each peer's mimicry term (paper: 1).
         temperature: softmax temperature `T` of the mimicry term (> 0; paper: 1).
+        logit_standardization: z-score every network's logits per sample before
+            the temperature of the mimicry term (Sun et al., CVPR 2024; `SoftTargetLoss`).
         check_finite, check_labels: see `BaseDistiller`.
 
     Example:
@@ -91,6 +93,7 @@ class DMLTrainer(BaseDistiller):
         ce_weight: float = 1.0,
         kl_weight: float = 1.0,
         temperature: float = 1.0,
+        logit_standardization: bool = False,
         check_finite: bool = True,
         check_labels: bool = True,
         **kwargs,
@@ -132,10 +135,16 @@ class DMLTrainer(BaseDistiller):
         self.ce_weight = weights["ce_weight"]
         self.kl_weight = weights["kl_weight"]
         self.temperature = check_positive("temperature", temperature)
+        self.logit_standardization = bool(logit_standardization)
         # kl_losses[k][l]: peer k+1 mimics peer l+1 (l != k).
         self.kl_losses = [
             {
-                other: SoftTargetLoss(self.temperature, teacher_layer_name=other, student_layer_name=key)
+                other: SoftTargetLoss(
+                    self.temperature,
+                    logit_standardization=self.logit_standardization,
+                    teacher_layer_name=other,
+                    student_layer_name=key,
+                )
                 for other in keys
                 if other != key
             }
@@ -195,6 +204,7 @@ class DMLTrainer(BaseDistiller):
             "ce_weight": self.ce_weight,
             "kl_weight": self.kl_weight,
             "temperature": self.temperature,
+            "logit_standardization": self.logit_standardization,
             **self.base_config(),
         }
 

@@ -73,6 +73,8 @@ class ONETrainer(BaseDistiller):
         ensemble_weight: weight of the ensemble's cross-entropy (paper: 1).
         kl_weight: weight of each branch's distillation term (paper: 1).
         temperature: softmax temperature `T` of the distillation term (> 0; paper: 3).
+        logit_standardization: z-score every network's logits per sample before
+            the temperature of the distillation term (Sun et al., CVPR 2024; `SoftTargetLoss`).
         kl_rampup_epochs: `R` of the ramp-up above (0, the default: no ramp-up).
         check_finite, check_labels: see `BaseDistiller`.
 
@@ -101,6 +103,7 @@ class ONETrainer(BaseDistiller):
         ensemble_weight: float = 1.0,
         kl_weight: float = 1.0,
         temperature: float = 3.0,
+        logit_standardization: bool = False,
         kl_rampup_epochs: int = 0,
         check_finite: bool = True,
         check_labels: bool = True,
@@ -134,9 +137,16 @@ class ONETrainer(BaseDistiller):
         self.ensemble_weight = weights["ensemble_weight"]
         self.kl_weight = weights["kl_weight"]
         self.temperature = check_positive("temperature", temperature)
+        self.logit_standardization = bool(logit_standardization)
         self.kl_rampup_epochs = kl_rampup_epochs
         self.kl_losses = {
-            key: SoftTargetLoss(self.temperature, teacher_layer_name=ENSEMBLE, student_layer_name=key) for key in keys
+            key: SoftTargetLoss(
+                self.temperature,
+                logit_standardization=self.logit_standardization,
+                teacher_layer_name=ENSEMBLE,
+                student_layer_name=key,
+            )
+            for key in keys
         }
         self.mark_built()
 
@@ -193,6 +203,7 @@ class ONETrainer(BaseDistiller):
             "ensemble_weight": self.ensemble_weight,
             "kl_weight": self.kl_weight,
             "temperature": self.temperature,
+            "logit_standardization": self.logit_standardization,
             "kl_rampup_epochs": self.kl_rampup_epochs,
             **self.base_config(),
         }

@@ -75,6 +75,8 @@ class OnlineEnsembleDistiller(BaseDistiller):
         temperature: softmax temperature `T` of the KD term (> 0).
         kd_temperature_scaling: multiply each KD term by `T^2` (default, as
             the authors' code); False follows the paper's equation.
+        logit_standardization: z-score every network's logits per sample before
+            the temperature of the KD term (Sun et al., CVPR 2024; `SoftTargetLoss`).
         inter_updates_stem: whether `inter_loss` also trains the shared stem
             (default, as the authors' code) or, as the paper describes, only
             the compressed students' branches and the adapters.
@@ -108,6 +110,7 @@ class OnlineEnsembleDistiller(BaseDistiller):
         kd_weight: float = 0.15,
         temperature: float = 2.0,
         kd_temperature_scaling: bool = True,
+        logit_standardization: bool = False,
         inter_updates_stem: bool = True,
         check_finite: bool = True,
         check_labels: bool = True,
@@ -160,11 +163,15 @@ class OnlineEnsembleDistiller(BaseDistiller):
         self.temperature = check_positive("temperature", temperature)
         self.view = ensemble_view(network)
         self.kd_temperature_scaling = bool(kd_temperature_scaling)
+        self.logit_standardization = bool(logit_standardization)
         self.inter_updates_stem = bool(inter_updates_stem)
         students = range(1, num + 1)
         self.kd_losses = {
             f"student{j}": SoftTargetLoss(
-                self.temperature, temperature_scaling=self.kd_temperature_scaling, student_layer_name=f"student{j}"
+                self.temperature,
+                temperature_scaling=self.kd_temperature_scaling,
+                logit_standardization=self.logit_standardization,
+                student_layer_name=f"student{j}",
             )
             for j in students
         }
@@ -275,6 +282,7 @@ class OnlineEnsembleDistiller(BaseDistiller):
             "kd_weight": self.kd_weight,
             "temperature": self.temperature,
             "kd_temperature_scaling": self.kd_temperature_scaling,
+            "logit_standardization": self.logit_standardization,
             "inter_updates_stem": self.inter_updates_stem,
             **self.base_config(),
         }

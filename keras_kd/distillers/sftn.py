@@ -139,6 +139,8 @@ class SFTNTrainer(BaseDistiller):
             the more, the larger it is (docs/results.md).
         lambda_ce: weight of the branches' cross-entropy.
         temperature: softmax temperature `tau` of the KL term (> 0).
+        logit_standardization: z-score every network's logits per sample before
+            the temperature of the KL term (Sun et al., CVPR 2024; `SoftTargetLoss`).
         warmup_epochs: the first `warmup_epochs` epochs train only the
             transforms and the student branches, with the teacher frozen
             (no update, no weight decay, inference-mode BatchNorm); then all
@@ -174,6 +176,7 @@ class SFTNTrainer(BaseDistiller):
         lambda_kl: float = 1.0,
         lambda_ce: float = 1.0,
         temperature: float = 1.0,
+        logit_standardization: bool = False,
         share_student_blocks: bool = True,
         warmup_epochs: int = 0,
         check_finite: bool = True,
@@ -242,8 +245,11 @@ class SFTNTrainer(BaseDistiller):
         self.lambda_kl = weights["lambda_kl"]
         self.lambda_ce = weights["lambda_ce"]
         self.temperature = temperature
+        self.logit_standardization = bool(logit_standardization)
         self.branch_kl = [
-            SoftTargetLoss(temperature, student_layer_name=branch_key(i)) for i in range(1, num_branches + 1)
+            SoftTargetLoss(temperature, logit_standardization=self.logit_standardization,
+                           student_layer_name=branch_key(i))
+            for i in range(1, num_branches + 1)
         ]
         self.share_student_blocks = bool(share_student_blocks)
         if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
@@ -319,6 +325,7 @@ class SFTNTrainer(BaseDistiller):
             "lambda_kl": self.lambda_kl,
             "lambda_ce": self.lambda_ce,
             "temperature": self.temperature,
+            "logit_standardization": self.logit_standardization,
             "share_student_blocks": self.share_student_blocks,
             "warmup_epochs": self.warmup_epochs,
             **self.base_config(),

@@ -20,6 +20,7 @@ def build_dml(
     ce_weight: NonNegative = 1.0,
     kl_weight: NonNegative = 1.0,
     temperature: Positive = 1.0,
+    logit_standardization: bool = False,
 ) -> DMLTrainer:
     """From scratch, peers that learn the labels and each other's
     posteriors: `num_peers` fresh copies of `student.arch` (default 2), or
@@ -48,4 +49,5 @@ def build_dml(
         ce_weight=ce_weight,
         kl_weight=kl_weight,
         temperature=temperature,
+        logit_standardization=logit_standardization,
     )

@@ -27,6 +27,7 @@ def build_oemc(
     inter_weight: NonNegative = 0.15,
     kd_weight: NonNegative = 0.15,
     temperature: Positive = 2.0,
+    logit_standardization: bool = False,
     kd_temperature_scaling: bool = True,
     inter_updates_stem: bool = True,
 ) -> OnlineEnsembleDistiller:
@@ -49,6 +50,7 @@ def build_oemc(
         inter_weight=inter_weight,
         kd_weight=kd_weight,
         temperature=temperature,
+        logit_standardization=logit_standardization,
         kd_temperature_scaling=kd_temperature_scaling,
         inter_updates_stem=inter_updates_stem,
     )

@@ -21,6 +21,7 @@ def build_one(
     ensemble_weight: NonNegative = 1.0,
     kl_weight: NonNegative = 1.0,
     temperature: Positive = 3.0,
+    logit_standardization: bool = False,
     kl_rampup_epochs: Annotated[int, Field(ge=0)] = 0,
 ) -> ONETrainer:
     """From scratch, `num_branches` copies of the last layers of
@@ -40,5 +41,6 @@ def build_one(
         ensemble_weight=ensemble_weight,
         kl_weight=kl_weight,
         temperature=temperature,
+        logit_standardization=logit_standardization,
         kl_rampup_epochs=kl_rampup_epochs,
     )

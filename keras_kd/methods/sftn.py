@@ -20,6 +20,7 @@ def build_sftn(
     lambda_kl: NonNegative = 1.0,
     lambda_ce: NonNegative = 1.0,
     temperature: Positive = 1.0,
+    logit_standardization: bool = False,
     share_student_blocks: bool = True,
     warmup_epochs: Annotated[int, Field(ge=0)] = 0,
     teacher_boundaries: tuple[str, ...] = SFTN_BOUNDARIES,
@@ -38,6 +39,7 @@ def build_sftn(
         lambda_kl=lambda_kl,
         lambda_ce=lambda_ce,
         temperature=temperature,
+        logit_standardization=logit_standardization,
         share_student_blocks=share_student_blocks,
         warmup_epochs=warmup_epochs,
     )
