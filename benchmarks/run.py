@@ -282,13 +282,14 @@ def tuning_cells() -> list[Cell]:
         "sftn": ("KD from an SFTN teacher, lambda_KL chosen on the KD student's validation", kd, "distill", "l3", [
             (f"l{lam}", f"lambda_KL = {lam}", (f"teacher.path={{sftn_l{lam}_teacher}}",)) for lam in SFTN_LAMBDAS
         ]),
+        # Every candidate names its CE weight: the config's is the family's winner (1.0) since it was chosen.
         "oemc": ("OEMC, variant chosen on validation", "online_fmnist.yaml", "train-online", "paper", [
-            ("code", "T^2 on KD (authors' code), L_inter also trains the stem", ()),
+            ("code", "T^2 on KD (authors' code), L_inter also trains the stem", ("method.ce_weight=0.7",)),
             ("paper", "no T^2, L_inter trains the compressed branches only (the paper)",
-             ("method.kd_temperature_scaling=false", "method.inter_updates_stem=false")),
+             ("method.ce_weight=0.7", "method.kd_temperature_scaling=false", "method.inter_updates_stem=false")),
             ("paper_t2", "T^2 on KD, L_inter trains the compressed branches only",
-             ("method.inter_updates_stem=false",)),
-            ("no_inter", "without L_inter", ("method.inter_weight=0.0",)),
+             ("method.ce_weight=0.7", "method.inter_updates_stem=false")),
+            ("no_inter", "without L_inter", ("method.ce_weight=0.7", "method.inter_weight=0.0")),
             # Under SGD the 0.7 on each student's CE is a 30% smaller CE step than training alone.
             ("ce_full", "CE weight 1 (not 0.7), otherwise the authors' code", ("method.ce_weight=1.0",)),
         ]),

@@ -84,7 +84,7 @@ def test_kd_term_of_standardized_logits_matches_numpy():
 
 def test_default_weights_and_adapter_shapes():
     d = distiller(4)
-    assert (d.ce_weight, d.inter_weight, d.kd_weight, d.temperature) == (0.7, 0.15, 0.15, 2.0)
+    assert (d.ce_weight, d.inter_weight, d.kd_weight, d.temperature) == (1.0, 0.15, 0.15, 2.0)
     assert sorted(d.loss_parts) == sorted(f"student{j}_{s}" for j in (2, 3, 4) for s in STAGES)
     for j in (2, 3, 4):
         for stage, channels in zip(STAGES, RESNET8, strict=True):

@@ -23,7 +23,7 @@ def build_oemc(
     *,
     num_students: Annotated[int, Field(ge=2)] = 5,
     width_ratios: list[Annotated[float, Field(gt=0, le=1)]] | None = None,
-    ce_weight: NonNegative = 0.7,
+    ce_weight: NonNegative = 1.0,
     inter_weight: NonNegative = 0.15,
     kd_weight: NonNegative = 0.15,
     temperature: Positive = 2.0,
