@@ -348,6 +348,14 @@ CLAIM_NOTES: dict[tuple[str, str], str] = {
         "Validated setting: summed branch terms and a 1x1 adapter on every embedding pair (91.82% validation, "
         "the paper's 91.60%). On test it matches the paper's setting (91.23 ± 0.11 vs 91.32 ± 0.02) and beats "
         "KD by +0.60 and ResNet20 alone by +0.85; its branch 1 alone ties KD (90.79 ± 0.31).",
+    ("OEMC (Walawalkar et al. 2020)", "tuned"):
+        "Validated variant: the authors' loss with CE weight 1.0 (family `oemc` above). Its student 1, a "
+        "ResNet8 trained inside the ensemble without a teacher, ends +0.16 above ResNet8 alone: the claimed "
+        "direction, within the seeds' spread (90.46 / 90.24 / 89.95 by seed). The ensemble, the plain mean of "
+        "the five students' logits, does not beat its own student 1 (90.18 / 90.16 / 89.98 against the same "
+        "seeds' 90.46 / 90.24 / 89.95): the width-1/5 student (86.2-86.6%) pulls the mean down; in the "
+        "family's seed-0 runs the ensemble is below student 1 in three of five variants. The compressed "
+        "students' claims wait for the same widths trained alone (`online/alone_w*`).",
     ("SFTN (Park et al. 2021)", "paper"):
         "With lambda_KL = 3 the KL term to the student branches holds the ResNet20 teacher below the same "
         "network trained with CE (89.98% vs 90.24% test), and KD from it follows. The family `sftn` above "
