@@ -7,6 +7,7 @@ import math
 import keras
 from keras import ops
 
+from keras_kd.losses.base import check_flag
 from keras_kd.models.layers import BN_EPSILON, BN_MOMENTUM
 
 
@@ -53,7 +54,7 @@ class HintRegressor(keras.layers.Layer):
         self.teacher_shape = tuple(int(d) for d in teacher_shape)
         self.activation = activation
         self.kernel_size = int(kernel_size)
-        self.batchnorm = bool(batchnorm)
+        self.batchnorm = check_flag("batchnorm", batchnorm)
         self.transform = None
         self.norm = (
             keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON) if batchnorm else None

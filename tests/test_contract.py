@@ -14,6 +14,7 @@ import keras_kd
 from keras_kd import Distiller, EnsembleDistiller, OnlineEnsembleDistiller, SFTNTrainer, Supervised, losses
 from keras_kd.distillers.base import LabelRangeError, NonFiniteLossError, TrainingError
 from keras_kd.losses import AttentionTransferLoss, DistillationLoss, HintLoss, LossContext, SoftTargetLoss
+from keras_kd.models.native_ensemble import native_ensemble
 
 from conftest import SubclassedNet, np_cross_entropy, np_log_softmax, np_soft_target, tiny_model
 
@@ -364,3 +365,58 @@ def test_bad_arguments_of_the_contract_are_named(batch):
                             {"logits": (None, 10)}, {"logits": (None, 10)})
     with pytest.raises(ValueError, match="Dict batches need an 'image' entry; got keys \\['pixels'\\]"):
         distiller({"pixels": x})
+
+
+# -- 7. on/off options are booleans ---------------------------------------------------
+# bool("false") is True: a coerced flag would silently switch the option on.
+
+
+@pytest.mark.parametrize(
+    "loss,flag",
+    [("kd", "logit_standardization"), ("kd", "temperature_scaling"), ("dkd", "logit_standardization"),
+     ("dist", "logit_standardization"), ("crd", "exclude_same_class"), ("lp", "normalize"),
+     ("ab", "always_connect"), ("hint", "regressor"), ("hint", "regressor_batchnorm")],
+)
+@pytest.mark.parametrize("bad", ["false", 0, None])
+def test_loss_flags_must_be_booleans(loss, flag, bad):
+    cls = losses.loss_class(loss)
+    levels = {"teacher_layer_names": ["stage1"], "student_layer_names": ["stage1"]} if loss == "ab" else {}
+    with pytest.raises(TypeError, match=f"`{flag}` must be True or False, got {re.escape(repr(bad))}"):
+        cls(**levels, **{flag: bad})
+    cls(**levels, **{flag: np.bool_(True)})  # numpy booleans are booleans
+
+
+@pytest.mark.parametrize(
+    "make,flag",
+    [
+        (lambda **kw: Distiller(teacher=tiny_model(name="t"), student=tiny_model(name="s"), **kw), "check_finite"),
+        (lambda **kw: Distiller(teacher=tiny_model(name="t"), student=tiny_model(name="s"), **kw), "check_labels"),
+        (lambda **kw: EnsembleDistiller(teachers=[tiny_model(name="t")], student=keras_kd.models.multibranch(
+            "cnn", 1, (28, 28, 1), 10), **kw), "logit_standardization"),
+        (lambda **kw: SFTNTrainer(teacher=keras_kd.models.get("resnet8", (16, 16, 1), 10),
+                                  student=keras_kd.models.get("cnn", (16, 16, 1), 10), **kw), "logit_standardization"),
+        (lambda **kw: SFTNTrainer(teacher=keras_kd.models.get("resnet8", (16, 16, 1), 10),
+                                  student=keras_kd.models.get("cnn", (16, 16, 1), 10), **kw), "share_student_blocks"),
+        (lambda **kw: OnlineEnsembleDistiller(network="resnet8", input_shape=(16, 16, 1), **kw),
+         "logit_standardization"),
+        (lambda **kw: OnlineEnsembleDistiller(network="resnet8", input_shape=(16, 16, 1), **kw),
+         "kd_temperature_scaling"),
+        (lambda **kw: OnlineEnsembleDistiller(network="resnet8", input_shape=(16, 16, 1), **kw), "inter_updates_stem"),
+        (lambda **kw: keras_kd.DMLTrainer(peers=[tiny_model(name="a"), tiny_model(name="b")], **kw),
+         "logit_standardization"),
+        (lambda **kw: keras_kd.ONETrainer(network=native_ensemble(
+            "resnet8", 2, (16, 16, 1), 10), **kw), "logit_standardization"),
+    ],
+    ids=["Distiller-check_finite", "Distiller-check_labels", "EKD", "SFTN-standardization", "SFTN-share",
+         "OEMC-standardization", "OEMC-kd_temperature_scaling", "OEMC-inter_updates_stem", "DML", "ONE"],
+)
+def test_trainer_flags_must_be_booleans(make, flag):
+    with pytest.raises(TypeError, match=f"`{flag}` must be True or False, got 'false'"):
+        make(**{flag: "false"})
+
+
+def test_layer_flags_must_be_booleans():
+    from keras_kd.adapters import HintRegressor
+
+    with pytest.raises(TypeError, match="`batchnorm` must be True or False, got 1"):
+        HintRegressor((4, 4, 8), batchnorm=1)

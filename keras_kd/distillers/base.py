@@ -31,6 +31,7 @@ from keras_kd.losses.base import (
     DeferredStateUpdates,
     DistillationLoss,
     LossContext,
+    check_flag,
     check_non_negative,
     describe,
 )
@@ -221,8 +222,8 @@ class BaseDistiller(_compat.MultiWorkerBuild, keras.Model):
         self.student_logits = logits_model(student, self.trained_role)
         self.num_classes = int(num_classes)
         self.student_taps = tuple(dict.fromkeys(t for t in student_taps if t != LOGITS))
-        self.check_finite = bool(check_finite)
-        self.check_labels = bool(check_labels)
+        self.check_finite = check_flag("check_finite", check_finite)
+        self.check_labels = check_flag("check_labels", check_labels)
         self.student_view = tap_model(self.student_logits, self.student_taps) if self.student_taps else None
         self.term_names = list(term_names)
         self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="accuracy")

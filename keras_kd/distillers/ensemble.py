@@ -16,7 +16,7 @@ from keras_kd.distillers.base import (
     reject_positional,
 )
 from keras_kd.distillers.checks import check_teacher_student, freeze, logits_model
-from keras_kd.losses.base import LOGITS, check_positive
+from keras_kd.losses.base import LOGITS, check_flag, check_positive
 from keras_kd.losses.embedding import EmbeddingMimicryLoss
 from keras_kd.losses.soft_target import SoftTargetLoss
 from keras_kd.models.multibranch import branch_names, embedding_name, num_branches_of
@@ -176,7 +176,7 @@ class EnsembleDistiller(BaseDistiller):
         self.embedding_layer = embedding_layer
         self.embedding_adapter = embedding_adapter
         self.branch_weighting = branch_weighting
-        self.logit_standardization = bool(logit_standardization)
+        self.logit_standardization = check_flag("logit_standardization", logit_standardization)
         self.kd_losses = [
             SoftTargetLoss(t, logit_standardization=self.logit_standardization, student_layer_name=branch)
             for t, branch in zip(temperatures, branches, strict=True)

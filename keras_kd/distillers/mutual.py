@@ -17,7 +17,7 @@ from keras_kd.distillers.base import (
     reject_positional,
 )
 from keras_kd.distillers.checks import logits_model, model_io
-from keras_kd.losses.base import LOGITS, check_positive
+from keras_kd.losses.base import LOGITS, check_flag, check_positive
 from keras_kd.losses.soft_target import SoftTargetLoss
 
 
@@ -135,7 +135,7 @@ class DMLTrainer(BaseDistiller):
         self.ce_weight = weights["ce_weight"]
         self.kl_weight = weights["kl_weight"]
         self.temperature = check_positive("temperature", temperature)
-        self.logit_standardization = bool(logit_standardization)
+        self.logit_standardization = check_flag("logit_standardization", logit_standardization)
         # kl_losses[k][l]: peer k+1 mimics peer l+1 (l != k).
         self.kl_losses = [
             {

@@ -14,7 +14,7 @@ from keras_kd.distillers.base import (
     images_of,
     reject_positional,
 )
-from keras_kd.losses.base import check_positive
+from keras_kd.losses.base import check_flag, check_positive
 from keras_kd.losses.soft_target import SoftTargetLoss
 from keras_kd.models.multibranch import branch_names, extract_branch
 from keras_kd.models.native_ensemble import ENSEMBLE, branch_count, branch_model, ensemble_view
@@ -137,7 +137,7 @@ class ONETrainer(BaseDistiller):
         self.ensemble_weight = weights["ensemble_weight"]
         self.kl_weight = weights["kl_weight"]
         self.temperature = check_positive("temperature", temperature)
-        self.logit_standardization = bool(logit_standardization)
+        self.logit_standardization = check_flag("logit_standardization", logit_standardization)
         self.kl_rampup_epochs = kl_rampup_epochs
         self.kl_losses = {
             key: SoftTargetLoss(

@@ -16,7 +16,7 @@ from keras_kd.distillers.base import (
     deserialize_entries,
     reject_positional,
 )
-from keras_kd.losses.base import check_positive
+from keras_kd.losses.base import check_flag, check_positive
 from keras_kd.losses.hint import HintLoss
 from keras_kd.losses.soft_target import SoftTargetLoss
 from keras_kd.models.online import STAGES, components, ensemble_view, extract_student, online_ensemble
@@ -169,9 +169,9 @@ class OnlineEnsembleDistiller(BaseDistiller):
         self.kd_weight = weights["kd_weight"]
         self.temperature = check_positive("temperature", temperature)
         self.view = ensemble_view(network)
-        self.kd_temperature_scaling = bool(kd_temperature_scaling)
-        self.logit_standardization = bool(logit_standardization)
-        self.inter_updates_stem = bool(inter_updates_stem)
+        self.kd_temperature_scaling = check_flag("kd_temperature_scaling", kd_temperature_scaling)
+        self.logit_standardization = check_flag("logit_standardization", logit_standardization)
+        self.inter_updates_stem = check_flag("inter_updates_stem", inter_updates_stem)
         students = range(1, num + 1)
         self.kd_losses = {
             f"student{j}": SoftTargetLoss(

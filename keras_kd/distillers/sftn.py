@@ -21,7 +21,7 @@ from keras_kd.distillers.base import (
     reject_positional,
 )
 from keras_kd.distillers.checks import check_teacher_student
-from keras_kd.losses.base import check_positive
+from keras_kd.losses.base import check_flag, check_positive
 from keras_kd.losses.soft_target import SoftTargetLoss
 from keras_kd.models.blocks import split
 from keras_kd.taps import LOGITS
@@ -245,13 +245,13 @@ class SFTNTrainer(BaseDistiller):
         self.lambda_kl = weights["lambda_kl"]
         self.lambda_ce = weights["lambda_ce"]
         self.temperature = temperature
-        self.logit_standardization = bool(logit_standardization)
+        self.logit_standardization = check_flag("logit_standardization", logit_standardization)
         self.branch_kl = [
             SoftTargetLoss(temperature, logit_standardization=self.logit_standardization,
                            student_layer_name=branch_key(i))
             for i in range(1, num_branches + 1)
         ]
-        self.share_student_blocks = bool(share_student_blocks)
+        self.share_student_blocks = check_flag("share_student_blocks", share_student_blocks)
         if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
             raise ValueError(f"`warmup_epochs` must be an integer >= 0, got {warmup_epochs!r}.")
         self.warmup_epochs = warmup_epochs

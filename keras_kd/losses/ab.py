@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from keras_kd.losses.base import LayerLevelsLoss, LossContext, describe
+from keras_kd.losses.base import LayerLevelsLoss, LossContext, check_flag, describe
 from keras_kd.registry import PRETRAIN_EPOCHS, SuiteRow, register_loss
 
 #: RepDistiller's margin `m` (`ABLoss(margin=1.0)`).
@@ -65,7 +65,7 @@ class ABConnector(keras.layers.Layer):
     def __init__(self, teacher_shapes, always: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.teacher_shapes = [tuple(int(d) for d in shape) for shape in teacher_shapes]
-        self.always = bool(always)
+        self.always = check_flag("always", always)
         self.connectors = []
 
     def build(self, input_shape):
@@ -190,7 +190,7 @@ class ABLoss(LayerLevelsLoss):
         if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 < margin < float("inf"):
             raise ValueError(f"`margin` must be a finite number > 0, got {margin!r}.")
         self.margin = float(margin)
-        self.always_connect = bool(always_connect)
+        self.always_connect = check_flag("always_connect", always_connect)
 
     # -- shapes and parts --------------------------------------------------------
 

@@ -13,6 +13,7 @@ import threading
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
@@ -281,6 +282,17 @@ def check_non_negative(name: str, value: float) -> float:
     if not 0 <= value < float("inf"):
         raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}.")
     return float(value)
+
+
+def check_flag(name: str, value: bool) -> bool:
+    """Returns `value` as a bool, raising a clear error unless it is one.
+
+    `bool("false")` is True, so coercing would silently turn an option on; a
+    numpy bool (e.g. read from an array) is accepted.
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be True or False, got {value!r}.")
+    return bool(value)
 
 
 def check_layer_names(key: str, names) -> tuple[str, ...]:

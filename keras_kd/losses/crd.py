@@ -14,6 +14,7 @@ from keras_kd.losses.base import (
     DistillationLoss,
     LossContext,
     check_batched,
+    check_flag,
     check_positive,
 )
 from keras_kd.registry import SuiteRow, register_loss
@@ -221,7 +222,7 @@ class CRDLoss(DistillationLoss):
         self.num_negatives = num_negatives
         self.temperature = check_positive("temperature", temperature)
         self.momentum = float(momentum)
-        self.exclude_same_class = bool(exclude_same_class)
+        self.exclude_same_class = check_flag("exclude_same_class", exclude_same_class)
 
     def check_shapes(self, teacher_shape, student_shape):
         check_batched("CRD", teacher_shape, student_shape)

@@ -7,6 +7,7 @@ from keras import ops
 from keras_kd.losses.base import (
     DistillationLoss,
     LossContext,
+    check_flag,
     check_logit_shapes,
     check_non_negative,
     check_positive,
@@ -55,7 +56,7 @@ class DISTLoss(DistillationLoss):
         self, beta: float = 1.0, gamma: float = 1.0, tau: float = 1.0, logit_standardization: bool = False, **kwargs
     ):
         super().__init__(**kwargs)
-        self.logit_standardization = bool(logit_standardization)
+        self.logit_standardization = check_flag("logit_standardization", logit_standardization)
         self.beta = check_non_negative("beta", beta)
         self.gamma = check_non_negative("gamma", gamma)
         self.tau = check_positive("tau", tau)

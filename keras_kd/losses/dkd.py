@@ -7,6 +7,7 @@ from keras import ops
 from keras_kd.losses.base import (
     DistillationLoss,
     LossContext,
+    check_flag,
     check_logit_shapes,
     check_non_negative,
     check_positive,
@@ -72,7 +73,7 @@ class DecoupledKDLoss(DistillationLoss):
         if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
             raise ValueError(f"`warmup_epochs` must be an integer >= 0, got {warmup_epochs!r}.")
         self.warmup_epochs = warmup_epochs
-        self.logit_standardization = bool(logit_standardization)
+        self.logit_standardization = check_flag("logit_standardization", logit_standardization)
 
     def check_shapes(self, teacher_shape, student_shape):
         check_logit_shapes("DKD", teacher_shape, student_shape)

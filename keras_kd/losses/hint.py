@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from keras import ops
 
-from keras_kd.losses.base import DistillationLoss, LossContext, describe
+from keras_kd.losses.base import DistillationLoss, LossContext, check_flag, describe
 from keras_kd.registry import SuiteRow, register_loss
 
 
@@ -58,8 +58,8 @@ class HintLoss(DistillationLoss):
             raise ValueError(f"`regressor_kernel_size` must be 1 or 3, got {regressor_kernel_size!r}.")
         self.regressor_activation = regressor_activation
         self.regressor_kernel_size = int(regressor_kernel_size)
-        self.regressor_batchnorm = bool(regressor_batchnorm)
-        self.regressor = bool(regressor)
+        self.regressor_batchnorm = check_flag("regressor_batchnorm", regressor_batchnorm)
+        self.regressor = check_flag("regressor", regressor)
 
     def check_shapes(self, teacher_shape, student_shape):
         if len(teacher_shape) != len(student_shape):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tensorflow as tf
 from keras import ops
 
-from keras_kd.losses.base import DistillationLoss, LossContext, check_positive
+from keras_kd.losses.base import DistillationLoss, LossContext, check_flag, check_positive
 from keras_kd.registry import SuiteRow, register_loss
 
 
@@ -70,7 +70,7 @@ class LocalityPreservingLoss(DistillationLoss):
             raise ValueError(f"`k` must be an integer >= 1, got {k!r}.")
         self.k = k
         self.sigma2 = None if sigma2 is None else check_positive("sigma2", sigma2)
-        self.normalize = bool(normalize)
+        self.normalize = check_flag("normalize", normalize)
 
     def compute_loss(self, teacher_output, student_output, context: LossContext):
         t = _flatten(teacher_output)

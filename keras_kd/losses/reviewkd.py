@@ -8,7 +8,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_kd.losses.base import LayerLevelsLoss, LossContext, describe
+from keras_kd.losses.base import LayerLevelsLoss, LossContext, check_flag, describe
 from keras_kd.models.layers import BN_EPSILON, BN_MOMENTUM
 from keras_kd.registry import SuiteRow, register_loss
 
@@ -164,7 +164,7 @@ class AttentionBasedFusion(keras.layers.Layer):
         super().__init__(**kwargs)
         self.mid_channels, self.out_channels = int(mid_channels), int(out_channels)
         self.out_size = tuple(int(d) for d in out_size)
-        self.fuse = bool(fuse)
+        self.fuse = check_flag("fuse", fuse)
         self.conv1 = keras.layers.Conv2D(self.mid_channels, 1, use_bias=False, name="conv1",
                                          kernel_initializer=_kaiming_uniform_a1())
         self.bn1 = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name="bn1")

@@ -7,6 +7,7 @@ from keras import ops
 from keras_kd.losses.base import (
     DistillationLoss,
     LossContext,
+    check_flag,
     check_logit_shapes,
     check_positive,
     standardize_logits,
@@ -67,8 +68,8 @@ class SoftTargetLoss(DistillationLoss):
     ):
         super().__init__(**kwargs)
         self.temperature = check_positive("temperature", temperature)
-        self.temperature_scaling = bool(temperature_scaling)
-        self.logit_standardization = bool(logit_standardization)
+        self.temperature_scaling = check_flag("temperature_scaling", temperature_scaling)
+        self.logit_standardization = check_flag("logit_standardization", logit_standardization)
 
     def check_shapes(self, teacher_shape, student_shape):
         check_logit_shapes("soft targets", teacher_shape, student_shape)
