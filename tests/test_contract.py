@@ -415,8 +415,10 @@ def test_trainer_flags_must_be_booleans(make, flag):
         make(**{flag: "false"})
 
 
-def test_layer_flags_must_be_booleans():
+def test_layer_and_model_flags_must_be_booleans():
     from keras_kd.adapters import HintRegressor
 
     with pytest.raises(TypeError, match="`batchnorm` must be True or False, got 1"):
         HintRegressor((4, 4, 8), batchnorm=1)
+    with pytest.raises(TypeError, match="`shared_stem` must be True or False, got 'false'"):
+        keras_kd.models.multibranch("resnet8", 2, (16, 16, 1), 10, shared_stem="false")

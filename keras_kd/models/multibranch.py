@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
+from keras_kd.losses.base import check_flag
 from keras_kd.models import zoo
 from keras_kd.models.blocks import split
 
@@ -80,6 +81,7 @@ def multibranch(
         raise ValueError(f"`num_branches` must be an integer >= 1, got {num_branches!r}.")
     if ensemble not in ENSEMBLE_MODES:
         raise ValueError(f"`ensemble` must be one of {ENSEMBLE_MODES}, got {ensemble!r}.")
+    shared_stem = check_flag("shared_stem", shared_stem)
     input_shape = tuple(int(d) for d in input_shape)
     inputs = keras.Input(shape=input_shape, name="image")
     stem_output = None
