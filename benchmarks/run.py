@@ -129,12 +129,13 @@ class Cell:
 
 def loss_cells(p: Protocol) -> list[Cell]:
     """One `features` row per registered loss that declares a `SuiteRow`; a
-    pre-training stage (AB, FT) takes the row's fraction of the protocol's epochs."""
+    pre-training stage (AB, FT) of the row's fraction of the protocol's epochs
+    comes before them: CE starts after it and still gets the protocol's epochs."""
     rows = []
     for name, row in registry.suite_rows():
         stage = row.stage_epochs(p.epochs)
         overrides = (_losses(*row.loss_specs(name, p.epochs)), f"method.student_loss_weight={row.student_loss_weight}",
-                     *((f"method.student_loss_start_epoch={stage}",) if stage else ()))
+                     *((f"method.student_loss_start_epoch={stage}", f"train.epochs={p.epochs + stage}") if stage else ()))
         rows.append(Cell("features", row.key or name, row.label, "distill", "kd_fmnist.yaml", overrides))
     return rows
 

@@ -7,7 +7,7 @@ import math
 import keras
 from keras import ops
 
-from keras_kd.losses.base import check_flag
+from keras_kd.checks import check_flag
 from keras_kd.models.layers import BN_EPSILON, BN_MOMENTUM
 
 

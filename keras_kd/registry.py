@@ -52,8 +52,10 @@ class SuiteRow:
     order: int = 100
     #: Methods with a pre-training stage (AB's initialisation, FT's paraphraser):
     #: its length as a fraction of the suite's epochs (at least 1 epoch). Entry
-    #: values equal to `PRETRAIN_EPOCHS` become that epoch, and the CE term
-    #: starts after it (`student_loss_start_epoch`).
+    #: values equal to `PRETRAIN_EPOCHS` become that epoch, the CE term starts
+    #: after it (`student_loss_start_epoch`) and the row's schedule grows by it,
+    #: so the student's CE stage is as long as every other row's schedule
+    #: (RepDistiller: 30 initialisation epochs, then the full 240).
     pretrain_fraction: float = 0.0
 
     def stage_epochs(self, epochs: int) -> int:

@@ -183,15 +183,19 @@ def test_sftn_lambda_family_is_judged_by_its_kd_students(tmp_path, monkeypatch):
     assert order.index("sftn/scratch_kd") < order.index("tuning/sftn_l1_teacher") < order.index("tuning/sftn_l1")
 
 
-def test_pre_training_stages_scale_with_the_suite_schedule():
-    for suite, stage in (("standard", 30), ("quick", 1)):
+def test_pre_training_stages_scale_with_the_suite_schedule_and_come_before_it():
+    for suite, stage, epochs in (("standard", 30, 120), ("quick", 1, 5)):
         cells = {c.key: c for c in run.cells(suite) if c.group == "features"}
         ab, ft = run.resolve(suite, cells["ab"], 0), run.resolve(suite, cells["ft"], 0)
         assert ab.method.options["losses"][0]["active_epochs"] == [0, stage]
         assert ft.method.options["losses"][0]["paraphraser_epochs"] == stage
         assert ab.method.options["student_loss_start_epoch"] == ft.method.options["student_loss_start_epoch"] == stage
+        # CE gets the suite's whole schedule after the stage, as every other row gets it
+        assert ab.train.epochs == ft.train.epochs == stage + epochs
+        assert ab.train.validation_freq == stage + epochs  # one evaluation, after the last epoch
         kd = run.resolve(suite, cells["fitnet"], 0)
         assert kd.method.options["student_loss_start_epoch"] == 0
+        assert kd.train.epochs == epochs
 
 
 def test_results_json_keeps_the_other_suites_rows(tmp_path):

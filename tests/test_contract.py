@@ -422,3 +422,51 @@ def test_layer_and_model_flags_must_be_booleans():
         HintRegressor((4, 4, 8), batchnorm=1)
     with pytest.raises(TypeError, match="`shared_stem` must be True or False, got 'false'"):
         keras_kd.models.multibranch("resnet8", 2, (16, 16, 1), 10, shared_stem="false")
+    with pytest.raises(TypeError, match="`flip` must be True or False, got 1"):
+        keras_kd.data.Augmentation(flip=1)
+
+
+# -- 8. counts are integers ---------------------------------------------------------
+# 2.0 or True would otherwise pass as a count (True < 1 is False) and break later, far from the cause.
+
+
+@pytest.mark.parametrize(
+    "make,name,minimum",
+    [
+        (lambda v: losses.loss_class("dkd")(warmup_epochs=v), "warmup_epochs", 0),
+        (lambda v: losses.loss_class("lp")(k=v), "k", 1),
+        (lambda v: losses.loss_class("cc")(dim=v), "dim", 1),
+        (lambda v: losses.loss_class("crd")(num_negatives=v), "num_negatives", 1),
+        (lambda v: losses.loss_class("crd")(num_samples=v), "num_samples", 1),
+        (lambda v: losses.loss_class("vid")(mid_channels=v), "mid_channels", 1),
+        (lambda v: losses.loss_class("ft")(paraphraser_epochs=v), "paraphraser_epochs", 1),
+        (lambda v: losses.loss_class("reviewkd")(["stage1"], ["stage1"], warmup_epochs=v), "warmup_epochs", 0),
+        (lambda v: keras_kd.models.get("cnn", (16, 16, 1), v), "num_classes", 2),
+        (lambda v: keras_kd.models.multibranch("cnn", v, (16, 16, 1), 10), "num_branches", 1),
+        (lambda v: native_ensemble("resnet8", v, (16, 16, 1), 10), "num_branches", 2),
+        (lambda v: keras_kd.ONETrainer(network=native_ensemble("resnet8", 2, (16, 16, 1), 10), kl_rampup_epochs=v),
+         "kl_rampup_epochs", 0),
+        (lambda v: keras_kd.data.load("synthetic", batch_size=v), "batch_size", 1),
+        (lambda v: keras_kd.data.Augmentation(pad=v), "pad", 0),
+    ],
+)
+def test_counts_must_be_integers(make, name, minimum):
+    wanted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+    for bad in (float(minimum + 2), True, str(minimum + 2)):
+        with pytest.raises(TypeError, match=re.escape(f"`{name}` must be {wanted}")):
+            make(bad)
+    with pytest.raises(ValueError, match=re.escape(f"`{name}` must be {wanted}") + ".*got " + str(minimum - 1)):
+        make(minimum - 1)
+    make(np.int64(minimum + 2))  # numpy integers are integers
+
+
+def test_check_count_returns_python_ints_and_passes_none_when_optional():
+    from keras_kd.checks import check_count
+
+    value = check_count("epochs", np.int32(3), minimum=1)
+    assert value == 3 and type(value) is int
+    assert check_count("top_k", None, minimum=1, optional=True) is None
+    with pytest.raises(TypeError, match=re.escape("`top_k` must be a positive integer, got None")):
+        check_count("top_k", None, minimum=1)
+    with pytest.raises(ValueError, match=re.escape("`top_k` must be a positive integer or None, got 0")):
+        check_count("top_k", 0, minimum=1, optional=True)

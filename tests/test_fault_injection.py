@@ -37,7 +37,7 @@ def distill(tmp_path, teacher, *extra):
         (["--set", "method.losses=[{name: at, teacher_layer_name: stage9, student_layer_name: stage3}]"],
          "has no layer named 'stage9'. Available layers: "),
         (["--set", "method.losses=[{name: lp, k: 0, teacher_layer_name: stage3, student_layer_name: stage3}]"],
-         "`k` must be an integer >= 1"),
+         "`k` must be a positive integer"),
         # A dead term is refused before training, naming both outputs and their shapes.
         (["--set", "method.losses=[{name: at, teacher_layer_name: stage3, student_layer_name: embedding}]"],
          "Term 'at_loss' (AttentionTransferLoss) between teacher output 'stage3' (7, 7, 128) and student "

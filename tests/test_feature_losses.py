@@ -120,7 +120,7 @@ def test_locality_preserving_on_feature_maps_and_tiny_batches():
     np.testing.assert_allclose(float(LocalityPreservingLoss(2)(t, s)), np_lp(t, s, 2, normalize=True), rtol=2e-4)
     one = RNG.normal(size=(1, 8)).astype("float32")
     assert float(LocalityPreservingLoss(5)(one, one)) == 0.0  # no neighbours, no NaN
-    with pytest.raises(ValueError, match="`k` must be an integer >= 1"):
+    with pytest.raises(ValueError, match="`k` must be a positive integer"):
         LocalityPreservingLoss(0)
     with pytest.raises(ValueError, match="sigma2"):
         LocalityPreservingLoss(3, sigma2=-1.0)

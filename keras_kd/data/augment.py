@@ -14,6 +14,8 @@ import dataclasses
 
 import tensorflow as tf
 
+from keras_kd.checks import check_count, check_flag
+
 #: Salts separating the random streams of the augmentation parameters and of shuffling.
 _VIEW_STREAM, _SHUFFLE_STREAM = 0x5EED, 0x5F1E
 
@@ -66,10 +68,9 @@ class Augmentation:
     seed: int = 0
 
     def __post_init__(self):
-        if isinstance(self.pad, bool) or not isinstance(self.pad, int) or self.pad < 0:
-            raise ValueError(f"Augmentation `pad` must be an integer >= 0, got {self.pad!r}.")
-        if not isinstance(self.flip, bool):
-            raise ValueError(f"Augmentation `flip` must be True or False, got {self.flip!r}.")
+        # frozen: the checked values (Python int / bool) are stored with object.__setattr__
+        object.__setattr__(self, "pad", check_count("pad", self.pad))
+        object.__setattr__(self, "flip", check_flag("flip", self.flip))
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"Augmentation `seed` must be an integer, got {self.seed!r}.")
 

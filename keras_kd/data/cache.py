@@ -24,6 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_kd.checks import check_count
 from keras_kd.data.augment import Augmentation
 from keras_kd.io import atomic_write_text
 from keras_kd.taps import LOGITS
@@ -189,10 +190,8 @@ class TeacherOutputCache:
             raise ValueError("TeacherOutputCache.build needs at least one teacher.")
         if dtype not in DTYPES:
             raise ValueError(f"`dtype` must be one of {DTYPES}, got {dtype!r}.")
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-            raise ValueError(f"`top_k` must be a positive integer or None, got {top_k!r}.")
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-            raise ValueError(f"`epochs` must be a positive integer, got {epochs!r}.")
+        top_k = check_count("top_k", top_k, minimum=1, optional=True)
+        epochs = check_count("epochs", epochs, minimum=1)
         images, labels = np.asarray(images), np.asarray(labels)
         if len(images) != len(labels) or len(images) == 0:
             raise ValueError(f"Need as many labels as images (> 0), got {len(images)} and {len(labels)}.")

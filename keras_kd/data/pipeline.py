@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from keras_kd.checks import check_count
 from keras_kd.data import sources
 from keras_kd.data.augment import Augmentation, epoch_order
 
@@ -423,8 +424,7 @@ def load(
     """
     name = as_source(name, data_dir)
     meta = info(name)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
+    batch_size = check_count("batch_size", batch_size, minimum=1)
     if epochs is not None and not (isinstance(epochs, int) and 0 <= initial_epoch < epochs):
         raise ValueError(f"Need 0 <= initial_epoch < epochs, got initial_epoch={initial_epoch!r}, epochs={epochs!r}.")
     images, labels = load_arrays(

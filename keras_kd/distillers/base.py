@@ -26,15 +26,8 @@ from keras import ops
 
 from keras_kd import _compat
 from keras_kd._compat import is_multi_worker
-from keras_kd.losses.base import (
-    LOGITS,
-    DeferredStateUpdates,
-    DistillationLoss,
-    LossContext,
-    check_flag,
-    check_non_negative,
-    describe,
-)
+from keras_kd.checks import check_flag, check_non_negative
+from keras_kd.losses.base import LOGITS, DeferredStateUpdates, DistillationLoss, LossContext, describe
 from keras_kd.taps import tap_model
 
 #: `failure` codes besides a term index.

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import keras
 
+from keras_kd.checks import check_flag, check_positive
 from keras_kd.distillers.base import (
     BaseDistiller,
     LossTerm,
@@ -16,7 +17,7 @@ from keras_kd.distillers.base import (
     reject_positional,
 )
 from keras_kd.distillers.checks import check_teacher_student, freeze, logits_model
-from keras_kd.losses.base import LOGITS, check_flag, check_positive
+from keras_kd.losses.base import LOGITS
 from keras_kd.losses.embedding import EmbeddingMimicryLoss
 from keras_kd.losses.soft_target import SoftTargetLoss
 from keras_kd.models.multibranch import branch_names, embedding_name, num_branches_of

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
+from keras_kd.checks import check_flag, check_positive
 from keras_kd.distillers.base import (
     BaseDistiller,
     LossTerm,
@@ -17,7 +18,7 @@ from keras_kd.distillers.base import (
     reject_positional,
 )
 from keras_kd.distillers.checks import logits_model, model_io
-from keras_kd.losses.base import LOGITS, check_flag, check_positive
+from keras_kd.losses.base import LOGITS
 from keras_kd.losses.soft_target import SoftTargetLoss
 
 

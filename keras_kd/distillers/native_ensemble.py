@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from keras_kd.checks import check_count, check_flag, check_positive
 from keras_kd.distillers.base import (
     BaseDistiller,
     LossTerm,
@@ -14,7 +15,6 @@ from keras_kd.distillers.base import (
     images_of,
     reject_positional,
 )
-from keras_kd.losses.base import check_flag, check_positive
 from keras_kd.losses.soft_target import SoftTargetLoss
 from keras_kd.models.multibranch import branch_names, extract_branch
 from keras_kd.models.native_ensemble import ENSEMBLE, branch_count, branch_model, ensemble_view
@@ -117,8 +117,7 @@ class ONETrainer(BaseDistiller):
             )
         count = branch_count(network)  # clear error for other models
         weights = check_weights({"ce_weight": ce_weight, "ensemble_weight": ensemble_weight, "kl_weight": kl_weight})
-        if isinstance(kl_rampup_epochs, bool) or not isinstance(kl_rampup_epochs, int) or kl_rampup_epochs < 0:
-            raise ValueError(f"`kl_rampup_epochs` must be an integer >= 0, got {kl_rampup_epochs!r}.")
+        kl_rampup_epochs = check_count("kl_rampup_epochs", kl_rampup_epochs)
         keys = branch_names(count)
         kwargs.setdefault("name", "one_trainer")
         super().__init__(

@@ -8,6 +8,7 @@ from fractions import Fraction
 import keras
 from keras import ops
 
+from keras_kd.checks import check_flag, check_positive
 from keras_kd.distillers.base import (
     BaseDistiller,
     LossTerm,
@@ -16,7 +17,6 @@ from keras_kd.distillers.base import (
     deserialize_entries,
     reject_positional,
 )
-from keras_kd.losses.base import check_flag, check_positive
 from keras_kd.losses.hint import HintLoss
 from keras_kd.losses.soft_target import SoftTargetLoss
 from keras_kd.models.online import STAGES, components, ensemble_view, extract_student, online_ensemble

@@ -12,6 +12,7 @@ import keras
 from keras import ops
 
 from keras_kd.adapters import HintRegressor
+from keras_kd.checks import check_count, check_flag, check_positive
 from keras_kd.distillers.base import (
     BaseDistiller,
     LossTerm,
@@ -21,7 +22,6 @@ from keras_kd.distillers.base import (
     reject_positional,
 )
 from keras_kd.distillers.checks import check_teacher_student
-from keras_kd.losses.base import check_flag, check_positive
 from keras_kd.losses.soft_target import SoftTargetLoss
 from keras_kd.models.blocks import split
 from keras_kd.taps import LOGITS
@@ -252,9 +252,7 @@ class SFTNTrainer(BaseDistiller):
             for i in range(1, num_branches + 1)
         ]
         self.share_student_blocks = check_flag("share_student_blocks", share_student_blocks)
-        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
-            raise ValueError(f"`warmup_epochs` must be an integer >= 0, got {warmup_epochs!r}.")
-        self.warmup_epochs = warmup_epochs
+        self.warmup_epochs = check_count("warmup_epochs", warmup_epochs)
         self.mark_built()
 
     @staticmethod

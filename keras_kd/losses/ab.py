@@ -5,7 +5,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from keras_kd.losses.base import LayerLevelsLoss, LossContext, check_flag, describe
+from keras_kd.checks import check_flag, check_positive
+from keras_kd.losses.base import LayerLevelsLoss, LossContext, describe
 from keras_kd.registry import PRETRAIN_EPOCHS, SuiteRow, register_loss
 
 #: RepDistiller's margin `m` (`ABLoss(margin=1.0)`).
@@ -94,7 +95,7 @@ class ABConnector(keras.layers.Layer):
 @register_loss(
     "ab",
     SuiteRow(
-        "AB (pre-activation stages 1-3, init stage: first quarter)",
+        "AB (pre-activation stages 1-3, after an init stage)",
         ({"weight": 1.0, "teacher_layer_names": list(RESNET20_TEACHER_LAYERS),
           "student_layer_names": list(RESNET8_STUDENT_LAYERS), "active_epochs": [0, PRETRAIN_EPOCHS]},),
         student_loss_weight=1.0, order=15, pretrain_fraction=0.25,
@@ -133,7 +134,9 @@ class ABLoss(LayerLevelsLoss):
     connectors, AB alone, weight 1), then the classification stage trains
     the student on CE (`-a 0`: no KD) with no AB term. Here both stages are
     one `fit`: the term's `active_epochs=(0, 30)` and the distiller's
-    `student_loss_start_epoch=30` (`ab_fmnist.yaml`).
+    `student_loss_start_epoch=30` (`ab_fmnist.yaml`). The results suite's
+    row does the same with a stage of a quarter of the suite's epochs, added
+    before them (`SuiteRow.pretrain_fraction`): 30 + 120 in the standard suite.
 
     Differences from RepDistiller: ONE learning-rate schedule (cosine) spans
     both stages, where RepDistiller runs the init stage at a constant lr
@@ -148,9 +151,7 @@ class ABLoss(LayerLevelsLoss):
     follows) for maps of the same size, a strided 1x1 or a transposed
     convolution when sizes differ by an integer factor (RepDistiller's
     `ConvReg`: 3x3 stride 2 / 4x4 transposed stride 2 / a valid convolution);
-    Keras' default initialisers. The results suite's row cannot switch CE
-    off (it passes loss entries and CE's weight only): there AB runs in
-    `[0, 30)` jointly with CE, then CE alone. Relative to the paper: it
+    Keras' default initialisers. Relative to the paper: it
     trains only the initialisation this way too, but weights and normalises
     the levels as the authors' code (RepDistiller copies it).
 
@@ -187,9 +188,7 @@ class ABLoss(LayerLevelsLoss):
         active_epochs=None,
     ):
         super().__init__(teacher_layer_names, student_layer_names, name=name, active_epochs=active_epochs)
-        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 < margin < float("inf"):
-            raise ValueError(f"`margin` must be a finite number > 0, got {margin!r}.")
-        self.margin = float(margin)
+        self.margin = check_positive("margin", margin)
         self.always_connect = check_flag("always_connect", always_connect)
 
     # -- shapes and parts --------------------------------------------------------

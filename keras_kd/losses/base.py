@@ -13,7 +13,6 @@ import threading
 from typing import Any
 
 import keras
-import numpy as np
 import tensorflow as tf
 from keras import ops
 
@@ -264,35 +263,6 @@ class DeferredStateUpdates:
         for variable, index, rows in updates:
             kept = tf.gather(variable.value, index)
             variable.value.scatter_update(tf.IndexedSlices(ops.where(ok, rows, kept), index))
-
-
-def check_positive(name: str, value: float) -> float:
-    """Returns `value` as a float, raising a clear error unless it is finite and > 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"`{name}` must be a number, got {value!r}.")
-    if not 0 < value < float("inf"):
-        raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}.")
-    return float(value)
-
-
-def check_non_negative(name: str, value: float) -> float:
-    """Returns `value` as a float, raising a clear error unless it is finite and >= 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"`{name}` must be a number, got {value!r}.")
-    if not 0 <= value < float("inf"):
-        raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}.")
-    return float(value)
-
-
-def check_flag(name: str, value: bool) -> bool:
-    """Returns `value` as a bool, raising a clear error unless it is one.
-
-    `bool("false")` is True, so coercing would silently turn an option on; a
-    numpy bool (e.g. read from an array) is accepted.
-    """
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"`{name}` must be True or False, got {value!r}.")
-    return bool(value)
 
 
 def check_layer_names(key: str, names) -> tuple[str, ...]:

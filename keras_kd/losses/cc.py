@@ -5,6 +5,7 @@ from __future__ import annotations
 from keras import ops
 
 from keras_kd.adapters import PairEmbedding
+from keras_kd.checks import check_count
 from keras_kd.losses.base import DistillationLoss, LossContext, check_batched
 from keras_kd.registry import SuiteRow, register_loss
 
@@ -45,9 +46,7 @@ class CorrelationCongruenceLoss(DistillationLoss):
 
     def __init__(self, dim: int = 128, **kwargs):
         super().__init__(**kwargs)
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"`dim` must be a positive integer, got {dim!r}.")
-        self.dim = dim
+        self.dim = check_count("dim", dim, minimum=1)
 
     def check_shapes(self, teacher_shape, student_shape):
         check_batched("CC", teacher_shape, student_shape)

@@ -9,14 +9,8 @@ import tensorflow as tf
 from keras import ops
 
 from keras_kd.adapters import PairEmbedding, flat_width
-from keras_kd.losses.base import (
-    DeferredStateUpdates,
-    DistillationLoss,
-    LossContext,
-    check_batched,
-    check_flag,
-    check_positive,
-)
+from keras_kd.checks import check_count, check_flag, check_positive
+from keras_kd.losses.base import DeferredStateUpdates, DistillationLoss, LossContext, check_batched
 from keras_kd.registry import SuiteRow, register_loss
 
 
@@ -209,12 +203,9 @@ class CRDLoss(DistillationLoss):
     def __init__(self, num_samples: int | None = None, feature_dim: int = 128, num_negatives: int = 16384,
                  temperature: float = 0.07, momentum: float = 0.5, exclude_same_class: bool = True, **kwargs):
         super().__init__(**kwargs)
-        for name, value in (("num_samples", num_samples), ("feature_dim", feature_dim),
-                            ("num_negatives", num_negatives)):
-            if value is None and name == "num_samples":
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        num_samples = check_count("num_samples", num_samples, minimum=1, optional=True)
+        feature_dim = check_count("feature_dim", feature_dim, minimum=1)
+        num_negatives = check_count("num_negatives", num_negatives, minimum=1)
         if not 0 <= momentum < 1:
             raise ValueError(f"`momentum` must be in [0, 1), got {momentum!r}.")
         self.num_samples = num_samples

@@ -4,15 +4,8 @@ from __future__ import annotations
 
 from keras import ops
 
-from keras_kd.losses.base import (
-    DistillationLoss,
-    LossContext,
-    check_flag,
-    check_logit_shapes,
-    check_non_negative,
-    check_positive,
-    standardize_logits,
-)
+from keras_kd.checks import check_flag, check_non_negative, check_positive
+from keras_kd.losses.base import DistillationLoss, LossContext, check_logit_shapes, standardize_logits
 from keras_kd.registry import SuiteRow, register_loss
 
 

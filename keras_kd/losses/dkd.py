@@ -4,15 +4,8 @@ from __future__ import annotations
 
 from keras import ops
 
-from keras_kd.losses.base import (
-    DistillationLoss,
-    LossContext,
-    check_flag,
-    check_logit_shapes,
-    check_non_negative,
-    check_positive,
-    standardize_logits,
-)
+from keras_kd.checks import check_count, check_flag, check_non_negative, check_positive
+from keras_kd.losses.base import DistillationLoss, LossContext, check_logit_shapes, standardize_logits
 from keras_kd.registry import SuiteRow, register_loss
 
 
@@ -70,9 +63,7 @@ class DecoupledKDLoss(DistillationLoss):
         self.alpha = check_non_negative("alpha", alpha)
         self.beta = check_non_negative("beta", beta)
         self.temperature = check_positive("temperature", temperature)
-        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
-            raise ValueError(f"`warmup_epochs` must be an integer >= 0, got {warmup_epochs!r}.")
-        self.warmup_epochs = warmup_epochs
+        self.warmup_epochs = check_count("warmup_epochs", warmup_epochs)
         self.logit_standardization = check_flag("logit_standardization", logit_standardization)
 
     def check_shapes(self, teacher_shape, student_shape):

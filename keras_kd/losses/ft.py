@@ -5,7 +5,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from keras_kd.losses.base import DistillationLoss, LossContext, check_positive, describe
+from keras_kd.checks import check_count, check_positive
+from keras_kd.losses.base import DistillationLoss, LossContext, describe
 from keras_kd.losses.reviewkd import adaptive_average_pool
 from keras_kd.models.layers import BN_EPSILON, BN_MOMENTUM
 from keras_kd.registry import PRETRAIN_EPOCHS, SuiteRow, register_loss
@@ -162,7 +163,7 @@ class FactorTransferModules(keras.layers.Layer):
 @register_loss(
     "ft",
     SuiteRow(
-        "FT (stage3 factors, paraphraser stage: first quarter)",
+        "FT (stage3 factors, after a paraphraser stage)",
         ({"weight": FT_WEIGHT, "teacher_layer_name": "stage3", "student_layer_name": "stage3",
           "paraphraser_epochs": PRETRAIN_EPOCHS, "reconstruction_weight": SUITE_RECONSTRUCTION_WEIGHT},),
         student_loss_weight=1.0, order=16, pretrain_fraction=0.25,
@@ -218,8 +219,10 @@ class FTLoss(DistillationLoss):
     default initialisers; the translator's convolutions have no bias (BN
     follows). As in RepDistiller, whose student waits for the paraphraser,
     cross-entropy starts after the stage: `ft_fmnist.yaml` sets
-    `student_loss_start_epoch: 30`, the results suite's row its first
-    quarter (`SuiteRow.pretrain_fraction`).
+    `student_loss_start_epoch: 30`; the results suite's row puts a stage of
+    a quarter of the suite's epochs before them (`SuiteRow.pretrain_fraction`:
+    30 + 120 epochs in the standard suite, so the student trains as long as
+    every other row's).
     Unlike the other losses, FT never passes gradient to the teacher's map.
 
     Args:
@@ -252,9 +255,7 @@ class FTLoss(DistillationLoss):
     ):
         super().__init__(**kwargs)
         self.factor_rate = check_positive("factor_rate", factor_rate)
-        if isinstance(paraphraser_epochs, bool) or not isinstance(paraphraser_epochs, int) or paraphraser_epochs < 1:
-            raise ValueError(f"`paraphraser_epochs` must be an integer >= 1, got {paraphraser_epochs!r}.")
-        self.paraphraser_epochs = paraphraser_epochs
+        self.paraphraser_epochs = check_count("paraphraser_epochs", paraphraser_epochs, minimum=1)
         self.reconstruction_weight = check_positive("reconstruction_weight", reconstruction_weight)
 
     def check_shapes(self, teacher_shape, student_shape):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from keras import ops
 
-from keras_kd.losses.base import DistillationLoss, LossContext, check_flag, describe
+from keras_kd.checks import check_flag
+from keras_kd.losses.base import DistillationLoss, LossContext, describe
 from keras_kd.registry import SuiteRow, register_loss
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import tensorflow as tf
 from keras import ops
 
-from keras_kd.losses.base import DistillationLoss, LossContext, check_flag, check_positive
+from keras_kd.checks import check_count, check_flag, check_positive
+from keras_kd.losses.base import DistillationLoss, LossContext
 from keras_kd.registry import SuiteRow, register_loss
 
 
@@ -66,9 +67,7 @@ class LocalityPreservingLoss(DistillationLoss):
 
     def __init__(self, k: int = 5, sigma2: float | None = None, normalize: bool = True, **kwargs):
         super().__init__(**kwargs)
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"`k` must be an integer >= 1, got {k!r}.")
-        self.k = k
+        self.k = check_count("k", k, minimum=1)
         self.sigma2 = None if sigma2 is None else check_positive("sigma2", sigma2)
         self.normalize = check_flag("normalize", normalize)
 

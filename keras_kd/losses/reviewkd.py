@@ -8,7 +8,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_kd.losses.base import LayerLevelsLoss, LossContext, check_flag, describe
+from keras_kd.checks import check_count, check_flag
+from keras_kd.losses.base import LayerLevelsLoss, LossContext, describe
 from keras_kd.models.layers import BN_EPSILON, BN_MOMENTUM
 from keras_kd.registry import SuiteRow, register_loss
 
@@ -354,13 +355,8 @@ class ReviewKDLoss(LayerLevelsLoss):
         active_epochs=None,
     ):
         super().__init__(teacher_layer_names, student_layer_names, name=name, active_epochs=active_epochs)
-        if mid_channels is not None and (isinstance(mid_channels, bool) or not isinstance(mid_channels, int)
-                                         or mid_channels < 1):
-            raise ValueError(f"`mid_channels` must be a positive integer or None, got {mid_channels!r}.")
-        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
-            raise ValueError(f"`warmup_epochs` must be an integer >= 0, got {warmup_epochs!r}.")
-        self.mid_channels = mid_channels
-        self.warmup_epochs = warmup_epochs
+        self.mid_channels = check_count("mid_channels", mid_channels, minimum=1, optional=True)
+        self.warmup_epochs = check_count("warmup_epochs", warmup_epochs)
 
     # -- shapes and parts --------------------------------------------------------
 

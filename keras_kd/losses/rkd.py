@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from keras import ops
 
-from keras_kd.losses.base import DistillationLoss, LossContext, check_batched, check_non_negative
+from keras_kd.checks import check_non_negative
+from keras_kd.losses.base import DistillationLoss, LossContext, check_batched
 from keras_kd.registry import SuiteRow, register_loss
 
 

@@ -6,8 +6,9 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_kd.checks import check_count, check_positive
 from keras_kd.losses.attention import _common_size, _pool_to, check_poolable_maps
-from keras_kd.losses.base import DistillationLoss, LossContext, check_positive
+from keras_kd.losses.base import DistillationLoss, LossContext
 from keras_kd.registry import SuiteRow, register_loss
 
 
@@ -89,10 +90,7 @@ class VIDLoss(DistillationLoss):
 
     def __init__(self, mid_channels: int | None = None, init_variance: float = 5.0, **kwargs):
         super().__init__(**kwargs)
-        if mid_channels is not None and (isinstance(mid_channels, bool) or not isinstance(mid_channels, int)
-                                         or mid_channels < 1):
-            raise ValueError(f"`mid_channels` must be a positive integer or None, got {mid_channels!r}.")
-        self.mid_channels = mid_channels
+        self.mid_channels = check_count("mid_channels", mid_channels, minimum=1, optional=True)
         self.init_variance = check_positive("init_variance", init_variance)
 
     def check_shapes(self, teacher_shape, student_shape):

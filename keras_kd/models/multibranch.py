@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
-from keras_kd.losses.base import check_flag
+from keras_kd.checks import check_count, check_flag
 from keras_kd.models import zoo
 from keras_kd.models.blocks import split
 
@@ -77,8 +77,7 @@ def multibranch(
     >>> [layer.name for layer in student.layers if layer.name.startswith("branch1")]
     ['branch1_body', 'branch1_embedding', 'branch1_head', 'branch1']
     """
-    if isinstance(num_branches, bool) or not isinstance(num_branches, int) or num_branches < 1:
-        raise ValueError(f"`num_branches` must be an integer >= 1, got {num_branches!r}.")
+    num_branches = check_count("num_branches", num_branches, minimum=1)
     if ensemble not in ENSEMBLE_MODES:
         raise ValueError(f"`ensemble` must be one of {ENSEMBLE_MODES}, got {ensemble!r}.")
     shared_stem = check_flag("shared_stem", shared_stem)

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 import keras
 from keras import layers, ops
 
+from keras_kd.checks import check_count
 from keras_kd.losses.base import LOGITS
 from keras_kd.models import zoo
 from keras_kd.models.blocks import ZOO_BOUNDARIES, split
@@ -101,8 +102,7 @@ def native_ensemble(
     >>> [layer.name for layer in net.layers if layer.name.startswith("branch1")]
     ['branch1_body', 'branch1_embedding', 'branch1_head', 'branch1']
     """
-    if isinstance(num_branches, bool) or not isinstance(num_branches, int) or num_branches < 2:
-        raise ValueError(f"`num_branches` must be an integer >= 2, got {num_branches!r}.")
+    num_branches = check_count("num_branches", num_branches, minimum=2)
     if shared_until not in ZOO_BOUNDARIES:
         raise ValueError(f"`shared_until` must be one of {ZOO_BOUNDARIES}, got {shared_until!r}.")
     input_shape = tuple(int(d) for d in input_shape)

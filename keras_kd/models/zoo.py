@@ -7,6 +7,7 @@ from fractions import Fraction
 
 import keras
 
+from keras_kd.checks import check_count
 from keras_kd.models.applications import (
     APPLICATIONS,
     KERAS_HUB_PREFIX,
@@ -82,8 +83,7 @@ def get(
         raise ValueError(
             f"Zoo models take images (height, width, channels); got input_shape={input_shape}."
         )
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"`num_classes` must be an integer >= 2, got {num_classes!r}.")
+    num_classes = check_count("num_classes", num_classes, minimum=2)
     if not isinstance(name, str):
         raise TypeError(f"Model name must be a string, got {name!r}.")
     scale_channels(1, width_ratio)  # validates the ratio

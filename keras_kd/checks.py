@@ -1,0 +1,70 @@
+"""Argument checks shared by losses, distillers, models and data: each returns
+the value in its canonical Python type or raises an error naming the argument
+(`TypeError` for a value of the wrong kind, `ValueError` for one out of range).
+
+>>> check_count("epochs", 3, minimum=1)
+3
+>>> check_count("top_k", None, minimum=1, optional=True) is None
+True
+>>> check_positive("temperature", 4)
+4.0
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+
+def check_positive(name: str, value: float) -> float:
+    """Returns `value` as a float, raising a clear error unless it is finite and > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`{name}` must be a number, got {value!r}.")
+    if not 0 < value < float("inf"):
+        raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}.")
+    return float(value)
+
+
+def check_non_negative(name: str, value: float) -> float:
+    """Returns `value` as a float, raising a clear error unless it is finite and >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`{name}` must be a number, got {value!r}.")
+    if not 0 <= value < float("inf"):
+        raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}.")
+    return float(value)
+
+
+def check_flag(name: str, value: bool) -> bool:
+    """Returns `value` as a bool, raising a clear error unless it is one.
+
+    `bool("false")` is True, so coercing would silently turn an option on; a
+    numpy bool (e.g. read from an array) is accepted.
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be True or False, got {value!r}.")
+    return bool(value)
+
+
+def check_count(name: str, value: int | None, minimum: int = 0, optional: bool = False) -> int | None:
+    """Returns `value` as an int, raising a clear error unless it is an integer
+    `>= minimum` (numpy integers accepted; `True` is not a count, nor is `2.0`).
+    With `optional=True`, None passes through unchanged.
+
+    >>> check_count("warmup_epochs", 0)
+    0
+    >>> check_count("k", 0, minimum=1)
+    Traceback (most recent call last):
+      ...
+    ValueError: `k` must be a positive integer, got 0.
+    """
+    if optional and value is None:
+        return None
+    wanted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+    if optional:
+        wanted += " or None"
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"`{name}` must be {wanted}, got {value!r}.")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be {wanted}, got {value!r}.")
+    return int(value)
