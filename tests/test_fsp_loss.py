@@ -12,6 +12,7 @@ import tensorflow as tf
 from keras_kd import Distiller, losses, models, registry
 from keras_kd.losses.fsp import ZOO_PAIRS, FSPLoss, fsp_matrix
 from keras_kd.methods.kd import build_losses
+from keras_kd.registry import PRETRAIN_EPOCHS
 
 from conftest import tiny_model
 
@@ -133,7 +134,11 @@ def test_zoo_pairs_for_resnet8_from_resnet20_and_the_suite_row():
     assert set(distiller.teacher_view.output) == {"logits", "stem", "stage1", "stage2", "stage3"}
     rows = dict(registry.suite_rows())
     assert rows["fsp"].losses[1] == {"weight": 1.0, "teacher_first_layer_name": "stage1", "teacher_layer_name": "stage2",
-                                     "student_first_layer_name": "stage1", "student_layer_name": "stage2"}
+                                     "student_first_layer_name": "stage1", "student_layer_name": "stage2",
+                                     "active_epochs": [0, PRETRAIN_EPOCHS]}
+    # RepDistiller's recipe: FSP alone for the init stage, then CE alone
+    assert rows["fsp"].stage_epochs(120) == 30
+    assert [spec["active_epochs"] for spec in rows["fsp"].loss_specs("fsp", 120)] == [[0, 30]] * 3
     from trainers.config import load_config
     from trainers.quickstart import CONFIGS
 
@@ -141,6 +146,8 @@ def test_zoo_pairs_for_resnet8_from_resnet20_and_the_suite_row():
     built, weights = build_losses(config.method.losses)
     assert [type(b) for b in built] == [FSPLoss] * 3 and weights == [1.0] * 3
     assert [(b.student_first_layer_name, b.student_layer_name) for b in built] == list(ZOO_PAIRS)
+    assert config.method.options["student_loss_start_epoch"] == 30
+    assert [b.active_epochs for b in built] == [(0, 30)] * 3
 
 
 def test_config_round_trip():
