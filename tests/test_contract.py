@@ -426,6 +426,22 @@ def test_layer_and_model_flags_must_be_booleans():
         keras_kd.data.Augmentation(flip=1)
 
 
+@pytest.mark.parametrize("flag", ["normalize", "shuffle", "drop_remainder", "prefetch", "with_index"])
+def test_data_flags_must_be_booleans(flag):
+    with pytest.raises(TypeError, match=f"`{flag}` must be True or False, got 'false'"):
+        keras_kd.data.load("synthetic", **{flag: "false"})
+    keras_kd.data.load("synthetic", **{flag: np.bool_(False)})
+
+
+def test_augment_is_a_boolean_or_an_augmentation():
+    with pytest.raises(TypeError, match="`augment` must be True, False, None or a data.Augmentation, got 'false'"):
+        keras_kd.data.load("synthetic", augment="false")
+    with pytest.raises(TypeError, match="`normalize` must be True or False, got 0"):
+        keras_kd.data.standardize(np.zeros((1, 28, 28, 1), "uint8"), "fashion_mnist", normalize=0)
+    for augment in (None, False, np.bool_(True), keras_kd.data.Augmentation(pad=2)):
+        keras_kd.data.load("synthetic", augment=augment)
+
+
 # -- 8. counts are integers ---------------------------------------------------------
 # 2.0 or True would otherwise pass as a count (True < 1 is False) and break later, far from the cause.
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from keras_kd.checks import check_count
+from keras_kd.checks import check_count, check_flag
 from keras_kd.data import sources
 from keras_kd.data.augment import Augmentation, epoch_order
 
@@ -348,6 +348,7 @@ def _check_classes(images, labels, meta: DatasetInfo, split: str):
 
 def normalization(name: str | DataSource, normalize: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel (mean, std) applied to [0, 1] pixels; (0, 1) without `normalize`."""
+    check_flag("normalize", normalize)
     meta = info(name)
     mean = np.asarray(meta.mean, np.float32)
     if not normalize:
@@ -425,6 +426,11 @@ def load(
     name = as_source(name, data_dir)
     meta = info(name)
     batch_size = check_count("batch_size", batch_size, minimum=1)
+    drop_remainder, prefetch = check_flag("drop_remainder", drop_remainder), check_flag("prefetch", prefetch)
+    with_index = check_flag("with_index", with_index)
+    shuffle = None if shuffle is None else check_flag("shuffle", shuffle)
+    if augment is not None and not isinstance(augment, (bool, np.bool_, Augmentation)):
+        raise TypeError(f"`augment` must be True, False, None or a data.Augmentation, got {augment!r}.")
     if epochs is not None and not (isinstance(epochs, int) and 0 <= initial_epoch < epochs):
         raise ValueError(f"Need 0 <= initial_epoch < epochs, got initial_epoch={initial_epoch!r}, epochs={epochs!r}.")
     images, labels = load_arrays(
