@@ -17,19 +17,28 @@ import numbers
 import numpy as np
 
 
+def _python_scalar(value):
+    """A numpy scalar as the Python number it holds (so errors read `got 0`, not `got np.int64(0)`)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def check_positive(name: str, value: float) -> float:
-    """Returns `value` as a float, raising a clear error unless it is finite and > 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """Returns `value` as a float, raising a clear error unless it is a finite
+    number > 0 (numpy numbers accepted; `True` is not a number here)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"`{name}` must be a number, got {value!r}.")
+    value = _python_scalar(value)
     if not 0 < value < float("inf"):
         raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}.")
     return float(value)
 
 
 def check_non_negative(name: str, value: float) -> float:
-    """Returns `value` as a float, raising a clear error unless it is finite and >= 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """Returns `value` as a float, raising a clear error unless it is a finite
+    number >= 0 (numpy numbers accepted; `True` is not a number here)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"`{name}` must be a number, got {value!r}.")
+    value = _python_scalar(value)
     if not 0 <= value < float("inf"):
         raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}.")
     return float(value)
@@ -65,6 +74,7 @@ def check_count(name: str, value: int | None, minimum: int = 0, optional: bool =
         wanted += " or None"
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"`{name}` must be {wanted}, got {value!r}.")
+    value = _python_scalar(value)
     if value < minimum:
         raise ValueError(f"`{name}` must be {wanted}, got {value!r}.")
     return int(value)

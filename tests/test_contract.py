@@ -482,7 +482,24 @@ def test_check_count_returns_python_ints_and_passes_none_when_optional():
     value = check_count("epochs", np.int32(3), minimum=1)
     assert value == 3 and type(value) is int
     assert check_count("top_k", None, minimum=1, optional=True) is None
+    with pytest.raises(ValueError, match=re.escape("`k` must be a positive integer, got 0.")):
+        check_count("k", np.int64(0), minimum=1)  # the number, not np.int64(0)
     with pytest.raises(TypeError, match=re.escape("`top_k` must be a positive integer, got None")):
         check_count("top_k", None, minimum=1)
     with pytest.raises(ValueError, match=re.escape("`top_k` must be a positive integer or None, got 0")):
         check_count("top_k", 0, minimum=1, optional=True)
+
+
+def test_numbers_accept_numpy_scalars_and_refuse_booleans():
+    from keras_kd.checks import check_non_negative, check_positive
+
+    for check in (check_positive, check_non_negative):
+        value = check("temperature", np.float32(4.0))
+        assert value == 4.0 and type(value) is float
+        assert check("temperature", np.int64(2)) == 2.0
+        for bad in (True, np.bool_(True), "4", None):
+            with pytest.raises(TypeError, match="`temperature` must be a number"):
+                check("temperature", bad)
+    with pytest.raises(ValueError, match="finite number > 0, got nan"):
+        check_positive("temperature", np.float32("nan"))
+    assert losses.loss_class("kd")(temperature=np.float32(2.0)).temperature == 2.0
