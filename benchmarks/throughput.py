@@ -148,8 +148,9 @@ def configurations(teacher, input_shape):
             continue  # logit KD is the reference above; memory-bank losses need indexed batches (crd_configurations)
         built, weights = build_losses(row.loss_specs(name, epochs=4))
         stage = row.stage_epochs(4)
-        # A staged method (AB's initialisation, FT's paraphraser) is timed in each stage: the fit starts
-        # at its first epoch (FT runs only the current stage's modules; AB computes its terms throughout).
+        # A staged method (AB's and FSP's initialisation, FT's paraphraser) is timed in each stage: the fit
+        # starts at its first epoch (FT runs only the current stage's modules; after AB's and FSP's stage
+        # the distiller drops their idle terms and, with them, the teacher's pass).
         configs[f"keras_kd {row.label}" + (", in its pre-training stage" if stage else "")] = (
             ours(built, weights, row.student_loss_weight), "fit")
         if stage:

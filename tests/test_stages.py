@@ -97,3 +97,80 @@ def test_kd_method_exposes_the_student_window():
 
     options = registry.method("kd").options
     assert options["student_loss_start_epoch"].default == 0
+
+
+# -- idle terms leave the step: no teacher pass once no active term reads it ---------
+
+
+class CountCalls(keras.layers.Layer):
+    """Identity that counts its calls in a variable (so compiled steps count too)."""
+
+    def build(self, input_shape):
+        self.calls = self.add_weight(shape=(), initializer="zeros", trainable=False, name="calls")
+
+    def call(self, inputs):
+        self.calls.assign_add(1.0)
+        return inputs
+
+
+def _counted_teacher():
+    teacher = tiny_model(width=8, name="teacher")
+    counter = CountCalls(name="count")
+    outputs = counter(teacher.output)
+    return keras.Model(teacher.input, outputs, name="teacher"), counter
+
+
+def _hint(window):
+    return losses.HintLoss(teacher_layer_name="stage1", student_layer_name="stage1", active_epochs=window)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_teacher_runs_only_while_a_term_reads_it(batch, jit_compile):
+    x, y = batch
+    teacher, counter = _counted_teacher()
+    distiller = Distiller(teacher=teacher, student=tiny_model(name="student"),
+                          distillation_losses=[_hint((0, 1)), losses.SoftTargetLoss(active_epochs=(1, 2))],
+                          distillation_loss_weights=[1.0, 1.0], student_loss_weight=1.0)
+    distiller.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), jit_compile=jit_compile)
+    counter.calls.assign(0.0)  # building the distiller ran the teacher once for its output shapes
+    # 2 training + 2 validation batches per epoch; epochs 0 and 1 read the teacher, 2 and 3 do not.
+    history = distiller.fit(x, y, epochs=4, batch_size=8, validation_data=(x, y), verbose=0).history
+    assert float(counter.calls) == 8.0
+    assert distiller.idle_terms == {"hint_loss", "distillation_loss"}
+    assert history["hint_loss"][0] > 0 and history["hint_loss"][1:] == [0.0, 0.0, 0.0]
+    assert history["distillation_loss"][1] > 0 and history["distillation_loss"][2:] == [0.0, 0.0]
+    assert history["val_hint_loss"][0] > 0 and history["val_hint_loss"][1:] == [0.0, 0.0, 0.0]
+    distiller.fit(x, y, epochs=1, batch_size=8, verbose=0)  # a new fit starts at epoch 0: the terms are back
+    assert float(counter.calls) == 10.0 and distiller.idle_terms == {"distillation_loss"}
+
+
+@pytest.mark.parametrize("always_kd", [False, True], ids=["teacher-skipped", "teacher-kept"])
+def test_leaving_idle_terms_out_trains_exactly_like_masking_them(batch, always_kd):
+    """Same weights, same updates (momentum included) as the masked step that
+    computes every term each epoch; the idle regressor's momentum still moves it."""
+    x, y = batch
+
+    def run(skip: bool):
+        keras.utils.set_random_seed(3)
+        teacher = tiny_model(width=8, name="teacher")
+        terms = [_hint((0, 1))] + ([losses.SoftTargetLoss()] if always_kd else [])
+        distiller = Distiller(teacher=teacher, student=tiny_model(name="student"), distillation_losses=terms,
+                              distillation_loss_weights=[1.0] * len(terms), student_loss_weight=1.0)
+        if not skip:
+            distiller.idle_terms_at = lambda epoch: frozenset()
+        distiller.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+        history = distiller.fit(x, y, epochs=3, batch_size=8, shuffle=False, verbose=0).history
+        return distiller, history
+
+    skipped, skipped_history = run(skip=True)
+    masked, masked_history = run(skip=False)
+    assert skipped.idle_terms == {"hint_loss"} and masked.idle_terms == frozenset()
+    for key, values in masked_history.items():
+        np.testing.assert_allclose(skipped_history[key], values, rtol=1e-5, atol=1e-7, err_msg=key)
+    for a, b in zip(skipped.trainable_variables, masked.trainable_variables, strict=True):
+        np.testing.assert_allclose(ops.convert_to_numpy(a), ops.convert_to_numpy(b), rtol=1e-5, atol=1e-6,
+                                   err_msg=a.path)
+    after_window = [ops.convert_to_numpy(v) for v in skipped.loss_parts["hint_loss"].trainable_variables]
+    skipped.fit(x, y, epochs=2, initial_epoch=1, batch_size=8, shuffle=False, verbose=0)
+    moved = [ops.convert_to_numpy(v) for v in skipped.loss_parts["hint_loss"].trainable_variables]
+    assert any(np.abs(a - b).max() > 1e-6 for a, b in zip(after_window, moved, strict=True))  # momentum, no gradient

@@ -156,7 +156,7 @@ class TrainingGuard(keras.callbacks.Callback):
     raises the error recorded by a step that was refused."""
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.model.epoch.assign(epoch)
+        self.model.enter_epoch(epoch)
 
     def on_train_batch_end(self, batch, logs=None):
         self.model.raise_if_failed()
@@ -193,6 +193,9 @@ class BaseDistiller(_compat.MultiWorkerBuild, keras.Model):
 
     #: How error messages name the trained network.
     trained_role = "student"
+    #: Terms the current step functions leave out (their value is 0): set by
+    #: `enter_epoch` from `idle_terms_at` at the start of every epoch of `fit`.
+    idle_terms: frozenset = frozenset()
 
     def __init__(
         self,
@@ -277,6 +280,22 @@ class BaseDistiller(_compat.MultiWorkerBuild, keras.Model):
     def compute_terms(self, x, y, student_outputs: dict, training: bool) -> list[LossTerm]:
         """The weighted loss terms for one batch (student already run once)."""
         raise NotImplementedError
+
+    def idle_terms_at(self, epoch: int) -> frozenset:
+        """Names of the terms that are 0 for the whole 0-based `epoch` (outside
+        their `active_epochs`); `compute_terms` may leave them out of the step."""
+        return frozenset()
+
+    def enter_epoch(self, epoch: int) -> None:
+        """Sets the epoch counter; when the idle terms change, rebuilds the
+        train and test steps without them (one retrace per window edge, so a
+        pre-training stage stops costing its teacher pass once it ends)."""
+        self.epoch.assign(epoch)
+        idle = self.idle_terms_at(epoch)
+        if idle != self.idle_terms:
+            self.idle_terms = idle
+            self.make_train_function(force=True)
+            self.make_test_function(force=True)
 
     # -- frozen teachers and their cache -----------------------------------------
 
@@ -481,6 +500,10 @@ class BaseDistiller(_compat.MultiWorkerBuild, keras.Model):
             scaled_restricted = [self.optimizer.scale_loss(t.weight * t.value / replicas) for t in restricted]
         variables = self.trainable_variables
         gradients = tape.gradient(scaled, variables)
+        if self.idle_terms:  # the parts of idle terms get the zero gradient of a term outside its window
+            idle = {id(v) for t in self.idle_terms if t in self.loss_parts for v in self.loss_parts[t].trainable_variables}
+            gradients = [ops.zeros_like(v) if g is None and id(v) in idle else g
+                         for g, v in zip(gradients, variables, strict=True)]
         for term, value in zip(restricted, scaled_restricted, strict=True):
             frozen = {id(v) for v in term.frozen}
             extra = tape.gradient(value, variables)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import keras
+from keras import ops
 
 from keras_kd.distillers.base import (
     BaseDistiller,
@@ -178,15 +179,24 @@ class Distiller(BaseDistiller):
     def needs_sample_index(self) -> bool:
         return any(loss.needs_sample_index for loss in self.distillation_losses)
 
+    def idle_terms_at(self, epoch: int) -> frozenset:
+        return frozenset(name for name, loss in zip(self.loss_names, self.distillation_losses, strict=True)
+                         if not loss.is_active(epoch))
+
     def compute_terms(self, x, y, student_outputs, training):
-        (teacher,) = self.teacher_pass(x)
+        idle = self.idle_terms
+        needed = any(name not in idle for name in self.loss_names)
+        (teacher,) = self.teacher_pass(x) if needed else ({},)
         student_loss = cross_entropy(y, student_outputs[LOGITS])
         if self.student_loss_start_epoch:
             student_loss = in_window(student_loss, self.epoch, self.student_loss_start_epoch)
         terms = [LossTerm("student_loss", self.student_loss_weight, student_loss)]
         for name, loss, weight in zip(self.loss_names, self.distillation_losses, self.distillation_loss_weights,
                                       strict=True):
-            value = self.loss_value(name, loss, teacher, student_outputs, y, training, inputs=x)
+            if name in idle:
+                value = ops.zeros((), "float32")
+            else:
+                value = self.loss_value(name, loss, teacher, student_outputs, y, training, inputs=x)
             terms.append(LossTerm(name, weight, value))
         return terms
 

@@ -134,9 +134,12 @@ class ABLoss(LayerLevelsLoss):
     connectors, AB alone, weight 1), then the classification stage trains
     the student on CE (`-a 0`: no KD) with no AB term. Here both stages are
     one `fit`: the term's `active_epochs=(0, 30)` and the distiller's
-    `student_loss_start_epoch=30` (`ab_fmnist.yaml`). The results suite's
-    row does the same with a stage of a quarter of the suite's epochs, added
-    before them (`SuiteRow.pretrain_fraction`): 30 + 120 in the standard suite.
+    `student_loss_start_epoch=30` (`ab_fmnist.yaml`); after the stage the
+    distiller leaves the term and the teacher's pass out of the step, so the
+    classification stage costs what training the student alone does. The
+    results suite's row does the same with a stage of a quarter of the
+    suite's epochs, added before them (`SuiteRow.pretrain_fraction`): 30 +
+    120 in the standard suite.
 
     Differences from RepDistiller: ONE learning-rate schedule (cosine) spans
     both stages, where RepDistiller runs the init stage at a constant lr

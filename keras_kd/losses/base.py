@@ -82,8 +82,11 @@ class DistillationLoss:
     `start <= context.epoch < end` (0-based epochs; `end=None`: to the end of
     training; default: always). Outside its window the term is exactly 0,
     with zero gradient to the student and to the loss's part, and so is its
-    metric; it is still computed (the switch is a tensor `where` on the
-    epoch, so one compiled step, XLA included, serves every epoch). A
+    metric. Called directly it is still computed (a tensor `where` on the
+    epoch); inside `fit`, a `Distiller` leaves it out of the step for the
+    epochs outside its window, and skips the teacher's forward pass once no
+    active term reads it (the step is retraced at each epoch where the set of
+    active terms changes, so only at window edges). A
     pre-training stage (AB's initialisation, `ab`) is a term active in
     `[0, n)` next to a distiller whose cross-entropy starts at epoch `n`
     (`Distiller(student_loss_start_epoch=n)`, `method: kd` option
@@ -122,6 +125,11 @@ class DistillationLoss:
         self.student_layer_name = student_layer_name
         self.name = name or self.metric_name
         self.active_epochs = check_epoch_window("active_epochs", active_epochs)
+
+    def is_active(self, epoch: int) -> bool:
+        """Whether the term counts during the 0-based `epoch` (`active_epochs`)."""
+        start, end = getattr(self, "active_epochs", ALWAYS)
+        return start <= epoch and (end is None or epoch < end)
 
     @property
     def teacher_key(self) -> str:

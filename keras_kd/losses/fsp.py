@@ -86,7 +86,8 @@ class FSPLoss(DistillationLoss):
     main lr 0.05), then the student trains on cross-entropy alone (its
     classification stage adds no FSP term, `loss_kd = 0`). Here both stages
     are one `fit`: each term's `active_epochs=(0, 30)` and the distiller's
-    `student_loss_start_epoch=30` (`fsp_fmnist.yaml`; the results suite's
+    `student_loss_start_epoch=30` (`fsp_fmnist.yaml`; after the stage the
+    distiller runs no FSP term and no teacher pass; the results suite's
     row puts a stage of a quarter of its epochs before them,
     `SuiteRow.pretrain_fraction`: 30 + 120 in the standard suite). As for AB,
     one cosine schedule and one optimizer span both stages (RepDistiller
