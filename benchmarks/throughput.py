@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shlex
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -395,6 +396,8 @@ def measured_with(table: str, args, source: str, images: int) -> str:
     cpu = platform.processor() or platform.machine()
     timed = f"--rounds {args.rounds} --sweeps {args.sweeps}" if table == "kd" else (
         f"--epochs {args.epochs} --rounds {args.rounds}")
+    if table == "kd" and args.match:
+        timed += " --match " + " ".join(shlex.quote(m) for m in args.match)
     timing = (f"img/s from the {STEP_PERCENTILE}th-percentile time of all of a configuration's steps in the "
               "sweeps below" if table == "kd" else
               f"best of the rounds, each measurement's img/s from its {STEP_PERCENTILE}th-percentile step time "
