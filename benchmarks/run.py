@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import inspect
 import json
 import os
 import re
@@ -201,8 +202,9 @@ def base_cells(p: Protocol) -> list[Cell]:
 def headline_cells(p: Protocol) -> list[Cell]:
     """Full training set (the validation split held out), `full_data_epochs`:
     ResNet8 alone, KD with the T chosen on validation, and the single-teacher
-    method with the best 10%-regime validation accuracy, all from a ResNet20
-    teacher trained by the suite on the same data."""
+    method with the best 10%-regime validation accuracy (`best_row`; its
+    stage and warm-up lengths scaled to this schedule, `at_schedule`), all
+    from a ResNet20 teacher trained by the suite on the same data."""
     full = ("data.subset_fraction=null", f"train.epochs={p.full_data_epochs}")
     teacher = ("teacher.path={headline_teacher}", *full)
     return [
@@ -223,11 +225,12 @@ BEST = "best single-teacher row"
 
 def best_row(suite: str) -> Cell | None:
     """The single-teacher, single-student distillation row of the 10% regime
-    with the highest mean validation accuracy over the protocol's seeds; None
-    while any of them is unfinished."""
+    with the highest mean validation accuracy over the protocol's seeds (SFTN's
+    rows excluded: they need an SFTN teacher); None while any of them is unfinished."""
     p = SUITES[suite]
+    # EKD and OEMC train other students; SFTN's rows distil from an SFTN teacher the headline does not train.
     candidates = [c for c in cells(suite) if c.regime == "10%" and c.kind == "distill"
-                  and c.group in ("features", "tuned", "paper") and c.key not in ("ekd", "oemc")]
+                  and c.group in ("features", "tuned", "paper") and c.key not in ("ekd", "oemc", "sftn")]
     scores = {}
     for cell in candidates:
         found = [cell_dir(suite, cell, seed) / "results.json" for seed in (cell.seeds or p.seeds)]
@@ -443,6 +446,8 @@ def resolve(suite: str, cell: Cell, seed: int):
     if cell.tuned and cell.tuned != BEST:
         overrides += [o.format(**teachers) for o in _tuned_overrides(suite, cell)]
     config = load_config(CONFIGS / config_file, overrides)
+    if cell.tuned == BEST:
+        config = load_config(base=at_schedule(config.to_dict(), p.full_data_epochs, p.epochs))
     if not any(o.startswith("train.validation_freq=") for o in cell.overrides):
         config.train.validation_freq = config.train.epochs  # one evaluation, after the last epoch
     if cell.regime == "full" or p.own_teachers:
@@ -453,6 +458,38 @@ def resolve(suite: str, cell: Cell, seed: int):
         }
         for section in [config.teacher, *config.teachers]:
             section.path = replacements.get(section.path, section.path)
+    return config
+
+
+def at_schedule(config: dict, epochs: int, reference_epochs: int) -> dict:
+    """A 10%-regime recipe (`config`, its CE stage `reference_epochs` long) moved
+    to a CE stage of `epochs`: every epoch count of its losses (`active_epochs`,
+    `warmup_epochs`, `paraphraser_epochs`, ...: given, or the loss's default)
+    and its pre-training stage (`method.student_loss_start_epoch`) scaled by
+    `epochs / reference_epochs`, so that each keeps its share of the schedule;
+    the stage comes before the `epochs` CE epochs, as in the 10% regime."""
+    from keras_kd.losses import loss_class
+
+    def scaled(value):
+        return value if value is None or value == 0 else max(1, round(value * epochs / reference_epochs))
+
+    config = json.loads(json.dumps(config))
+    method = config["method"]
+    for entry in method.get("losses") or []:
+        defaults = {name: parameter.default for name, parameter in
+                    inspect.signature(loss_class(entry["name"])).parameters.items()}
+        for name in dict.fromkeys([*defaults, *entry]):
+            if not name.endswith("_epochs"):
+                continue
+            value = entry.get(name, defaults.get(name))
+            if isinstance(value, (list, tuple)):
+                entry[name] = [scaled(v) for v in value]
+            elif isinstance(value, int) and not isinstance(value, bool):
+                entry[name] = scaled(value)
+    stage = scaled(method.get("student_loss_start_epoch", 0))
+    if stage:
+        method["student_loss_start_epoch"] = stage
+    config["train"]["epochs"] = epochs + stage
     return config
 
 

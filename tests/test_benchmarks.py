@@ -153,6 +153,56 @@ def test_headline_takes_the_best_single_teacher_row_and_tuned_seed0_reuses_its_c
     assert json.loads((tmp_path / "tuning" / "headline_best.json").read_text())["chosen"] == "tuned/lp"
 
 
+@pytest.mark.parametrize("winner", ["ab", "dkd", "sftn"])
+def test_headline_best_row_keeps_its_stage_and_warm_up_shares_of_the_shorter_schedule(tmp_path, monkeypatch,
+                                                                                     winner):
+    import dataclasses
+
+    p = dataclasses.replace(run.SUITES["standard"], root=str(tmp_path))
+    monkeypatch.setitem(run.SUITES, "standard", p)
+    cells = run.cells("standard")
+    for cell in cells:
+        if cell.family:
+            for seed in (0,):
+                folder = run.cell_dir("standard", cell, seed)
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "results.json").write_text(json.dumps({"validation_accuracy": 0.8}))
+    for cell in cells:
+        if cell.regime == "10%" and cell.kind == "distill" and cell.group in ("features", "tuned", "paper"):
+            for seed in (0, 1, 2):
+                folder = run.cell_dir("standard", cell, seed)
+                folder.mkdir(parents=True, exist_ok=True)
+                score = 0.99 if cell.key == winner else 0.90  # SFTN's rows are not candidates: KD etc. tie
+                (folder / "results.json").write_text(json.dumps({"validation_accuracy": score}))
+    config = run.resolve("standard", next(c for c in cells if c.tuned == run.BEST), 0)
+    chosen = json.loads((tmp_path / "tuning" / "headline_best.json").read_text())["chosen"]
+    full, reference = p.full_data_epochs, p.epochs  # 30 and 120: a quarter
+    entry = config.method.losses[0]
+    if winner == "ab":  # 30 stage epochs before 120 -> 8 before 30
+        assert chosen == "features/ab" and entry["active_epochs"] == [0, 8]
+        assert config.method.student_loss_start_epoch == 8 and config.train.epochs == full + 8
+    elif winner == "dkd":  # DKD's default 20-epoch warm-up of a 120-epoch schedule -> 5 of 30
+        assert chosen == "features/dkd" and entry["warmup_epochs"] == 5 and config.train.epochs == full
+    else:
+        assert "sftn" not in chosen and config.train.epochs == full
+    assert config.teacher.path.endswith("headline/teacher_resnet20_seed0")
+    assert config.train.validation_freq == config.train.epochs
+    assert (full, reference) == (30, 120)
+
+
+def test_at_schedule_scales_every_epoch_count_of_the_losses():
+    config = {"method": {"losses": [{"name": "ft", "paraphraser_epochs": 30, "active_epochs": [10, None]},
+                                    {"name": "kd"}, {"name": "reviewkd", "warmup_epochs": 2}],
+                         "student_loss_start_epoch": 30},
+              "train": {"epochs": 150}}
+    moved = run.at_schedule(config, 30, 120)
+    ft, kd, review = moved["method"]["losses"]
+    assert ft == {"name": "ft", "paraphraser_epochs": 8, "active_epochs": [2, None]}  # round(7.5), round(2.5)
+    assert kd == {"name": "kd"} and review["warmup_epochs"] == 1  # at least one epoch
+    assert moved["method"]["student_loss_start_epoch"] == 8 and moved["train"]["epochs"] == 38
+    assert config["train"]["epochs"] == 150  # the input is not changed
+
+
 def test_sftn_lambda_family_is_judged_by_its_kd_students(tmp_path, monkeypatch):
     import dataclasses
 
