@@ -13,9 +13,12 @@ from keras_kd.methods.kd import build_losses
 from conftest import tiny_model
 
 
-@pytest.mark.parametrize("bad", [(-1, 2), (3, 3), (2, 1), "0,1", (0,), (1.5, 2), (None, 2), (True, 2)])
-def test_bad_windows_are_refused(bad):
-    with pytest.raises(ValueError, match="active_epochs"):
+@pytest.mark.parametrize("bad,error", [((-1, 2), ValueError), ((3, 3), ValueError), ((2, 1), ValueError),
+                                       ((0,), ValueError), ("0,1", TypeError), (5, TypeError),
+                                       ((1.5, 2), TypeError), ((None, 2), TypeError), ((True, 2), TypeError),
+                                       ((0, 2.0), TypeError)])
+def test_bad_windows_are_refused(bad, error):
+    with pytest.raises(error, match="active_epochs"):
         losses.SoftTargetLoss(active_epochs=bad)
 
 
@@ -23,6 +26,8 @@ def test_window_forms():
     assert check_epoch_window("w", None) == (0, None)
     assert check_epoch_window("w", [2, None]) == (2, None)
     assert check_epoch_window("w", (0, 30)) == (0, 30)
+    window = check_epoch_window("w", (np.int64(1), np.int32(4)))  # numpy integers, stored as Python ints
+    assert window == (1, 4) and all(type(v) is int for v in window)
     assert [float(epoch_indicator(e, 2)) for e in range(4)] == [0.0, 0.0, 1.0, 1.0]
 
 
@@ -72,6 +77,8 @@ def _distiller(**kwargs):
 def test_student_loss_start_epoch_is_validated_and_serialized():
     with pytest.raises(ValueError, match="student_loss_start_epoch"):
         _distiller(student_loss_start_epoch=-1)
+    with pytest.raises(TypeError, match="student_loss_start_epoch"):
+        _distiller(student_loss_start_epoch=2.0)
     assert "student_loss_start_epoch" not in _distiller().get_config()
     distiller = _distiller(student_loss_start_epoch=4)
     config = distiller.get_config()

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
+from keras_kd.checks import check_count
 from keras_kd.distillers.base import (
     BaseDistiller,
     LossTerm,
@@ -17,7 +18,7 @@ from keras_kd.distillers.base import (
     reject_positional,
 )
 from keras_kd.distillers.checks import check_teacher_student, freeze, logits_model
-from keras_kd.losses.base import LOGITS, DistillationLoss, check_epoch_window, in_window
+from keras_kd.losses.base import LOGITS, DistillationLoss, in_window
 from keras_kd.losses.soft_target import SoftTargetLoss
 from keras_kd.taps import tap_model
 
@@ -159,8 +160,7 @@ class Distiller(BaseDistiller):
         )
         self.teacher = freeze(teacher)
         self.student_loss_weight = weights["student_loss_weight"]
-        self.student_loss_start_epoch = check_epoch_window("student_loss_start_epoch",
-                                                           (student_loss_start_epoch, None))[0]
+        self.student_loss_start_epoch = check_count("student_loss_start_epoch", student_loss_start_epoch)
         self.distillation_losses = distillation_losses
         self.distillation_loss_weights = [weights[f"weight of {name}"] for name in names]
         self.loss_names = names

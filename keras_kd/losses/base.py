@@ -10,6 +10,7 @@ trainable part, all handed over in a `LossContext`.
 from __future__ import annotations
 
 import threading
+from numbers import Integral
 from typing import Any
 
 import keras
@@ -394,21 +395,26 @@ ALWAYS = (0, None)
 
 
 def check_epoch_window(name: str, window) -> tuple[int, int | None]:
-    """`(start, end)` from None (always), a pair or a 2-list; raises unless
-    `0 <= start` and `end` is None or `> start` (integers)."""
+    """`(start, end)` from None (always), a pair or a 2-list of integer epochs
+    (numpy integers too; `end` None: to the end): `TypeError` for another
+    kind, `ValueError` unless `0 <= start` and `end` is None or `> start`."""
     if window is None:
         return ALWAYS
-    if isinstance(window, str) or not isinstance(window, (list, tuple)) or len(window) != 2:
-        raise ValueError(f"`{name}` must be (start, end) epochs (end None: to the end), got {window!r}.")
+    usage = f"`{name}` must be (start, end) epochs (end None: to the end), got {window!r}."
+    if isinstance(window, str) or not isinstance(window, (list, tuple)):
+        raise TypeError(usage)
+    if len(window) != 2:
+        raise ValueError(usage)
     start, end = window
     for label, value in (("start", start), ("end", end)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise ValueError(f"`{name}` {label} must be an integer epoch, got {value!r}.")
-    if start is None or start < 0:
-        raise ValueError(f"`{name}` start must be an integer epoch >= 0, got {start!r}.")
+        if (value is not None or label == "start") and (isinstance(value, bool) or not isinstance(value, Integral)):
+            raise TypeError(f"`{name}` {label} must be an integer epoch, got {value!r}.")
+    start, end = int(start), None if end is None else int(end)
+    if start < 0:
+        raise ValueError(f"`{name}` start must be an integer epoch >= 0, got {start}.")
     if end is not None and end <= start:
         raise ValueError(f"`{name}` needs start < end, got ({start}, {end}).")
-    return (int(start), None if end is None else int(end))
+    return (start, end)
 
 
 def epoch_indicator(epoch, start: int, end: int | None = None):
