@@ -117,6 +117,24 @@ def test_standard_verdicts_follow_the_two_pooled_std_rule(tmp_path):
     assert "LP (Chen et al. 2020), paper setting" not in page and "SFTN (Park et al. 2021), tuned" not in page
 
 
+def test_headline_section_compares_kd_and_the_best_row_with_the_student_alone(tmp_path):
+    def runs(*accuracies):
+        return [{"test_accuracy": a / 100, "validation_accuracy": a / 100, "params": 78426} for a in accuracies]
+
+    # Hand-computed: KD - alone = 93.5 - 93.0 = 0.5, sample stds 0.1 and 0.1: 2 x pooled = 0.2 -> better;
+    # best - KD = 93.6 - 93.5 = 0.1 < 0.2 -> tie; best - alone = 0.6 -> better.
+    table = {("headline", "baseline"): runs(92.9, 93.0, 93.1), ("headline", "kd"): runs(93.4, 93.5, 93.6),
+             ("headline", "best"): runs(93.5, 93.6, 93.7), ("headline", "teacher_resnet20"): runs(94.2)}
+    (tmp_path / "tuning").mkdir()
+    (tmp_path / "tuning" / "headline_best.json").write_text(json.dumps({"chosen": "features/dkd"}))
+    text = standard_page.headline_section(table, tmp_path, seeds=3)
+    assert "| KD (T chosen on validation) vs ResNet8 alone (CE) | +0.50 (2 x pooled std 0.20): **better** |" in text
+    assert "vs KD (T chosen on validation) | +0.10 (2 x pooled std 0.20): **tie** |" in text
+    assert "| best 10% method, chosen on validation (`features/dkd`) | 3 | 93.60 ± 0.10 |" in text
+    del table[("headline", "best")]
+    assert text.count("pending") == 0 and standard_page.headline_section(table, tmp_path, 3).count("pending") == 4
+
+
 def test_headline_takes_the_best_single_teacher_row_and_tuned_seed0_reuses_its_candidate(tmp_path, monkeypatch):
     import dataclasses
 
