@@ -482,8 +482,9 @@ def at_schedule(config: dict, epochs: int, reference_epochs: int) -> dict:
             if not name.endswith("_epochs"):
                 continue
             value = entry.get(name, defaults.get(name))
-            if isinstance(value, (list, tuple)):
-                entry[name] = [scaled(v) for v in value]
+            if isinstance(value, (list, tuple)):  # a (start, end) window stays at least one epoch long
+                start, end = scaled(value[0]), scaled(value[1])
+                entry[name] = [start, None if end is None else max(end, start + 1)]
             elif isinstance(value, int) and not isinstance(value, bool):
                 entry[name] = scaled(value)
     stage = scaled(method.get("student_loss_start_epoch", 0))

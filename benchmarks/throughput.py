@@ -439,6 +439,8 @@ def _step_timer(factory, kind: str, data_ds, epoch: int = 0):
     model = factory()
     if kind == "fit":
         model.fit(data_ds, initial_epoch=epoch, epochs=epoch + 1, verbose=0, shuffle=False)  # tracing; sets the stage
+        if hasattr(model, "enter_epoch"):  # the end of fit restores the every-term step: time fit's step at `epoch`
+            model.enter_epoch(epoch)
         train_step = model.make_train_function()
 
         def run():

@@ -210,11 +210,13 @@ def test_headline_best_row_keeps_its_stage_and_warm_up_shares_of_the_shorter_sch
 
 def test_at_schedule_scales_every_epoch_count_of_the_losses():
     config = {"method": {"losses": [{"name": "ft", "paraphraser_epochs": 30, "active_epochs": [10, None]},
-                                    {"name": "kd"}, {"name": "reviewkd", "warmup_epochs": 2}],
+                                    {"name": "kd"}, {"name": "reviewkd", "warmup_epochs": 2},
+                                    {"name": "kd", "active_epochs": [2, 3]}],
                          "student_loss_start_epoch": 30},
               "train": {"epochs": 150}}
     moved = run.at_schedule(config, 30, 120)
-    ft, kd, review = moved["method"]["losses"]
+    ft, kd, review, short = moved["method"]["losses"]
+    assert short["active_epochs"] == [1, 2]  # round(0.5) -> 1 (at least one), end kept after the start
     assert ft == {"name": "ft", "paraphraser_epochs": 8, "active_epochs": [2, None]}  # round(7.5), round(2.5)
     assert kd == {"name": "kd"} and review["warmup_epochs"] == 1  # at least one epoch
     assert moved["method"]["student_loss_start_epoch"] == 8 and moved["train"]["epochs"] == 38
@@ -424,7 +426,11 @@ def test_step_timer_times_one_training_step_at_the_stage_it_was_given():
     built = []
 
     def factory():
-        built.append(Distiller(teacher=teacher, student=tiny_model(name="student")))
+        from keras_kd import losses
+
+        built.append(Distiller(teacher=teacher, student=tiny_model(name="student"),
+                               distillation_losses=[losses.SoftTargetLoss(active_epochs=(0, 2)),
+                                                    losses.SoftTargetLoss(name="open")]))
         built[-1].compile(optimizer=keras.optimizers.SGD(0.01), jit_compile=False)
         return built[-1]
 
@@ -435,6 +441,7 @@ def test_step_timer_times_one_training_step_at_the_stage_it_was_given():
     seconds = [step() for _ in range(5)]  # more steps than one pass over the data: the iterator repeats
     assert int(model.optimizer.iterations) == before + 5 and all(s > 0 for s in seconds)
     assert int(model.epoch) == 3
+    assert model.idle_terms == {"distillation_loss"}  # the step fit runs at epoch 3: the closed term left out
 
 
 def test_every_claim_note_belongs_to_a_claim():

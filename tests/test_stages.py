@@ -131,6 +131,15 @@ def _hint(window):
     return losses.HintLoss(teacher_layer_name="stage1", student_layer_name="stage1", active_epochs=window)
 
 
+class RecordIdleTerms(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.by_epoch = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.by_epoch.append(set(self.model.idle_terms))
+
+
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_teacher_runs_only_while_a_term_reads_it(batch, jit_compile):
     x, y = batch
@@ -140,15 +149,39 @@ def test_teacher_runs_only_while_a_term_reads_it(batch, jit_compile):
                           distillation_loss_weights=[1.0, 1.0], student_loss_weight=1.0)
     distiller.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), jit_compile=jit_compile)
     counter.calls.assign(0.0)  # building the distiller ran the teacher once for its output shapes
+    record = RecordIdleTerms()
     # 2 training + 2 validation batches per epoch; epochs 0 and 1 read the teacher, 2 and 3 do not.
-    history = distiller.fit(x, y, epochs=4, batch_size=8, validation_data=(x, y), verbose=0).history
+    history = distiller.fit(x, y, epochs=4, batch_size=8, validation_data=(x, y), verbose=0,
+                            callbacks=[record]).history
     assert float(counter.calls) == 8.0
-    assert distiller.idle_terms == {"hint_loss", "distillation_loss"}
+    # Only CLOSED windows leave the step: KD, not yet started at epoch 0, is still computed (masked).
+    assert record.by_epoch == [set(), {"hint_loss"}, {"hint_loss", "distillation_loss"},
+                               {"hint_loss", "distillation_loss"}]
+    assert distiller.idle_terms == frozenset()  # after fit the steps compute every term again
     assert history["hint_loss"][0] > 0 and history["hint_loss"][1:] == [0.0, 0.0, 0.0]
-    assert history["distillation_loss"][1] > 0 and history["distillation_loss"][2:] == [0.0, 0.0]
+    assert history["distillation_loss"][0] == 0.0 and history["distillation_loss"][1] > 0
+    assert history["distillation_loss"][2:] == [0.0, 0.0]
     assert history["val_hint_loss"][0] > 0 and history["val_hint_loss"][1:] == [0.0, 0.0, 0.0]
     distiller.fit(x, y, epochs=1, batch_size=8, verbose=0)  # a new fit starts at epoch 0: the terms are back
-    assert float(counter.calls) == 10.0 and distiller.idle_terms == {"distillation_loss"}
+    assert float(counter.calls) == 10.0
+    distiller.epoch.assign(3)  # outside fit every term is computed, masked by the epoch counter
+    logs = distiller.train_on_batch(x[:8], y[:8], return_dict=True)
+    assert float(counter.calls) == 11.0 and logs["hint_loss"] == 0.0
+
+
+def test_a_step_left_with_only_idle_terms_still_applies_momentum(batch):
+    """CE at weight 0 and KD closed after epoch 0: no active term reaches any
+    variable, yet the masked step's zero gradients (momentum) carry on."""
+    x, y = batch
+    distiller = Distiller(teacher=tiny_model(width=8, name="teacher"), student=tiny_model(name="student"),
+                          distillation_losses=[losses.SoftTargetLoss(active_epochs=(0, 1))],
+                          distillation_loss_weights=[1.0], student_loss_weight=0.0)
+    distiller.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
+    distiller.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    before = [ops.convert_to_numpy(v) for v in distiller.student.trainable_variables]
+    distiller.fit(x, y, initial_epoch=1, epochs=2, batch_size=8, verbose=0)
+    after = [ops.convert_to_numpy(v) for v in distiller.student.trainable_variables]
+    assert any(np.abs(a - b).max() > 1e-6 for a, b in zip(before, after, strict=True))
 
 
 @pytest.mark.parametrize("always_kd", [False, True], ids=["teacher-skipped", "teacher-kept"])
@@ -166,15 +199,25 @@ def test_leaving_idle_terms_out_trains_exactly_like_masking_them(batch, always_k
         if not skip:
             distiller.idle_terms_at = lambda epoch: frozenset()
         distiller.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
-        history = distiller.fit(x, y, epochs=3, batch_size=8, shuffle=False, verbose=0).history
-        return distiller, history
+        record = RecordIdleTerms()
+        history = distiller.fit(x, y, epochs=3, batch_size=8, shuffle=False, verbose=0, callbacks=[record]).history
+        return distiller, history, record.by_epoch
 
-    skipped, skipped_history = run(skip=True)
-    masked, masked_history = run(skip=False)
-    assert skipped.idle_terms == {"hint_loss"} and masked.idle_terms == frozenset()
+    skipped, skipped_history, skipped_idle = run(skip=True)
+    masked, masked_history, masked_idle = run(skip=False)
+    assert skipped_idle == [set(), {"hint_loss"}, {"hint_loss"}] and masked_idle == [set()] * 3
     for key, values in masked_history.items():
         np.testing.assert_allclose(skipped_history[key], values, rtol=1e-5, atol=1e-7, err_msg=key)
     for a, b in zip(skipped.trainable_variables, masked.trainable_variables, strict=True):
+        np.testing.assert_allclose(ops.convert_to_numpy(a), ops.convert_to_numpy(b), rtol=1e-5, atol=1e-6,
+                                   err_msg=a.path)
+    # The student's state matches too (BatchNorm statistics); only the closed term's own part stops
+    # tracking its statistics, which nothing reads again.
+    closed = {id(v) for v in skipped.loss_parts["hint_loss"].non_trainable_variables}
+    kept = [(a, b) for a, b in zip(skipped.non_trainable_variables, masked.non_trainable_variables, strict=True)
+            if id(a) not in closed and "optimizer" not in a.path]
+    assert any("moving_mean" in a.path for a, _ in kept)
+    for a, b in kept:
         np.testing.assert_allclose(ops.convert_to_numpy(a), ops.convert_to_numpy(b), rtol=1e-5, atol=1e-6,
                                    err_msg=a.path)
     after_window = [ops.convert_to_numpy(v) for v in skipped.loss_parts["hint_loss"].trainable_variables]

@@ -158,6 +158,9 @@ class TrainingGuard(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self.model.enter_epoch(epoch)
 
+    def on_train_end(self, logs=None):
+        self.model.leave_epochs()
+
     def on_train_batch_end(self, batch, logs=None):
         self.model.raise_if_failed()
 
@@ -282,16 +285,23 @@ class BaseDistiller(_compat.MultiWorkerBuild, keras.Model):
         raise NotImplementedError
 
     def idle_terms_at(self, epoch: int) -> frozenset:
-        """Names of the terms that are 0 for the whole 0-based `epoch` (outside
-        their `active_epochs`); `compute_terms` may leave them out of the step."""
+        """Names of the terms that are 0 from the 0-based `epoch` to the end of
+        training (their window has closed); `compute_terms` may leave them out."""
         return frozenset()
 
     def enter_epoch(self, epoch: int) -> None:
         """Sets the epoch counter; when the idle terms change, rebuilds the
-        train and test steps without them (one retrace per window edge, so a
-        pre-training stage stops costing its teacher pass once it ends)."""
+        train and test steps without them (a retrace where a window closes, so
+        a pre-training stage stops costing its teacher pass once it ends)."""
         self.epoch.assign(epoch)
-        idle = self.idle_terms_at(epoch)
+        self._set_idle_terms(self.idle_terms_at(epoch))
+
+    def leave_epochs(self) -> None:
+        """After `fit`: the steps compute every term again (`train_on_batch`,
+        custom loops and `evaluate` see the epoch counter only)."""
+        self._set_idle_terms(frozenset())
+
+    def _set_idle_terms(self, idle: frozenset) -> None:
         if idle != self.idle_terms:
             self.idle_terms = idle
             self.make_train_function(force=True)
@@ -500,10 +510,8 @@ class BaseDistiller(_compat.MultiWorkerBuild, keras.Model):
             scaled_restricted = [self.optimizer.scale_loss(t.weight * t.value / replicas) for t in restricted]
         variables = self.trainable_variables
         gradients = tape.gradient(scaled, variables)
-        if self.idle_terms:  # the parts of idle terms get the zero gradient of a term outside its window
-            idle = {id(v) for t in self.idle_terms if t in self.loss_parts for v in self.loss_parts[t].trainable_variables}
-            gradients = [ops.zeros_like(v) if g is None and id(v) in idle else g
-                         for g, v in zip(gradients, variables, strict=True)]
+        if self.idle_terms:  # what only an idle term reached gets its zero gradient, as in the masked step
+            gradients = [ops.zeros_like(v) if g is None else g for g, v in zip(gradients, variables, strict=True)]
         for term, value in zip(restricted, scaled_restricted, strict=True):
             frozen = {id(v) for v in term.frozen}
             extra = tape.gradient(value, variables)

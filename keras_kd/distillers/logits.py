@@ -181,7 +181,7 @@ class Distiller(BaseDistiller):
 
     def idle_terms_at(self, epoch: int) -> frozenset:
         return frozenset(name for name, loss in zip(self.loss_names, self.distillation_losses, strict=True)
-                         if not loss.is_active(epoch))
+                         if loss.is_over(epoch))
 
     def compute_terms(self, x, y, student_outputs, training):
         idle = self.idle_terms

@@ -83,11 +83,12 @@ class DistillationLoss:
     `start <= context.epoch < end` (0-based epochs; `end=None`: to the end of
     training; default: always). Outside its window the term is exactly 0,
     with zero gradient to the student and to the loss's part, and so is its
-    metric. Called directly it is still computed (a tensor `where` on the
-    epoch); inside `fit`, a `Distiller` leaves it out of the step for the
-    epochs outside its window, and skips the teacher's forward pass once no
-    active term reads it (the step is retraced at each epoch where the set of
-    active terms changes, so only at window edges). A
+    metric. It is still computed (a tensor `where` on the epoch), so a
+    term's state (CRD's memory, BatchNorm statistics of its part) moves
+    before its window as well; once the window has CLOSED, a `Distiller`
+    inside `fit` leaves the term out of the step, and the teacher's forward
+    pass with it when no remaining term reads the teacher (the step is
+    retraced at that epoch, and again after `fit`). A
     pre-training stage (AB's initialisation, `ab`) is a term active in
     `[0, n)` next to a distiller whose cross-entropy starts at epoch `n`
     (`Distiller(student_loss_start_epoch=n)`, `method: kd` option
@@ -127,10 +128,11 @@ class DistillationLoss:
         self.name = name or self.metric_name
         self.active_epochs = check_epoch_window("active_epochs", active_epochs)
 
-    def is_active(self, epoch: int) -> bool:
-        """Whether the term counts during the 0-based `epoch` (`active_epochs`)."""
-        start, end = getattr(self, "active_epochs", ALWAYS)
-        return start <= epoch and (end is None or epoch < end)
+    def is_over(self, epoch: int) -> bool:
+        """Whether the term's window has closed by the 0-based `epoch`
+        (`epoch >= end`): it is 0 from then to the end of training."""
+        end = getattr(self, "active_epochs", ALWAYS)[1]
+        return end is not None and epoch >= end
 
     @property
     def teacher_key(self) -> str:
