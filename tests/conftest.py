@@ -23,6 +23,17 @@ def tiny_model(
     return keras.Model(inputs, outputs, name=name)
 
 
+class CallCounter(keras.layers.Layer):
+    """Identity layer counting its calls in a variable (compiled steps and XLA count too)."""
+
+    def build(self, input_shape):
+        self.count = self.add_weight(shape=(), initializer="zeros", trainable=False, name="count")
+
+    def call(self, inputs):
+        self.count.assign_add(1.0)
+        return inputs
+
+
 class SubclassedNet(keras.Model):
     """A subclassed (non-Functional) logits model: no layer taps, no block views."""
 

@@ -13,18 +13,7 @@ from keras_kd.losses import (
     SoftTargetLoss,
 )
 
-from conftest import SubclassedNet
-
-
-class CallCounter(keras.layers.Layer):
-    """Identity layer counting how many times the network runs."""
-
-    def build(self, input_shape):
-        self.count = self.add_weight(shape=(), initializer="zeros", trainable=False, name="count")
-
-    def call(self, inputs):
-        self.count.assign_add(1.0)
-        return inputs
+from conftest import CallCounter, SubclassedNet
 
 
 def counted_model(width, name):

@@ -10,7 +10,7 @@ from keras_kd import Distiller, losses
 from keras_kd.losses.base import check_epoch_window, epoch_indicator
 from keras_kd.methods.kd import build_losses
 
-from conftest import tiny_model
+from conftest import CallCounter, tiny_model
 
 
 @pytest.mark.parametrize("bad,error", [((-1, 2), ValueError), ((3, 3), ValueError), ((2, 1), ValueError),
@@ -109,20 +109,9 @@ def test_kd_method_exposes_the_student_window():
 # -- idle terms leave the step: no teacher pass once no active term reads it ---------
 
 
-class CountCalls(keras.layers.Layer):
-    """Identity that counts its calls in a variable (so compiled steps count too)."""
-
-    def build(self, input_shape):
-        self.calls = self.add_weight(shape=(), initializer="zeros", trainable=False, name="calls")
-
-    def call(self, inputs):
-        self.calls.assign_add(1.0)
-        return inputs
-
-
 def _counted_teacher():
     teacher = tiny_model(width=8, name="teacher")
-    counter = CountCalls(name="count")
+    counter = CallCounter(name="count")
     outputs = counter(teacher.output)
     return keras.Model(teacher.input, outputs, name="teacher"), counter
 
@@ -148,12 +137,12 @@ def test_teacher_runs_only_while_a_term_reads_it(batch, jit_compile):
                           distillation_losses=[_hint((0, 1)), losses.SoftTargetLoss(active_epochs=(1, 2))],
                           distillation_loss_weights=[1.0, 1.0], student_loss_weight=1.0)
     distiller.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), jit_compile=jit_compile)
-    counter.calls.assign(0.0)  # building the distiller ran the teacher once for its output shapes
+    counter.count.assign(0.0)  # building the distiller ran the teacher once for its output shapes
     record = RecordIdleTerms()
     # 2 training + 2 validation batches per epoch; epochs 0 and 1 read the teacher, 2 and 3 do not.
     history = distiller.fit(x, y, epochs=4, batch_size=8, validation_data=(x, y), verbose=0,
                             callbacks=[record]).history
-    assert float(counter.calls) == 8.0
+    assert float(counter.count) == 8.0
     # Only CLOSED windows leave the step: KD, not yet started at epoch 0, is still computed (masked).
     assert record.by_epoch == [set(), {"hint_loss"}, {"hint_loss", "distillation_loss"},
                                {"hint_loss", "distillation_loss"}]
@@ -163,10 +152,10 @@ def test_teacher_runs_only_while_a_term_reads_it(batch, jit_compile):
     assert history["distillation_loss"][2:] == [0.0, 0.0]
     assert history["val_hint_loss"][0] > 0 and history["val_hint_loss"][1:] == [0.0, 0.0, 0.0]
     distiller.fit(x, y, epochs=1, batch_size=8, verbose=0)  # a new fit starts at epoch 0: the terms are back
-    assert float(counter.calls) == 10.0
+    assert float(counter.count) == 10.0
     distiller.epoch.assign(3)  # outside fit every term is computed, masked by the epoch counter
     logs = distiller.train_on_batch(x[:8], y[:8], return_dict=True)
-    assert float(counter.calls) == 11.0 and logs["hint_loss"] == 0.0
+    assert float(counter.count) == 11.0 and logs["hint_loss"] == 0.0
 
 
 def test_a_step_left_with_only_idle_terms_still_applies_momentum(batch):
