@@ -50,9 +50,11 @@ class Distiller(BaseDistiller):
     Every loss reads its outputs from the SAME forward pass: each network
     runs exactly once per step, whatever the number of terms (unlike
     `keras.distillation.Distiller`, which runs the student twice with feature
-    losses). Trainable parts a loss declares (the FitNet regressor) are
-    created here, trained with the student, saved with the distiller and
-    never added to the student.
+    losses); once a term's `active_epochs` window has closed (AB's or FSP's
+    pre-training stage), `fit` leaves it out of the step, and the teacher's
+    pass too when no other term reads it. Trainable parts a loss declares
+    (the FitNet regressor) are created here, trained with the student, saved
+    with the distiller and never added to the student.
 
     The teacher runs with `training=False` and no gradient, so its weights
     and BatchNorm statistics never change. A teacher or student whose last
