@@ -115,6 +115,12 @@ def verdict(row: list[float], base: list[float], seeds: int) -> dict:
             "verdict": "reproduces" if holds else "does not reproduce"}
 
 
+def side(difference: float, pooled_std: float) -> int:
+    """1 when a row is above its baseline by more than twice the pooled std,
+    -1 when below by as much, else 0 (the verdict rule, in both directions)."""
+    return 1 if difference > 2 * pooled_std else -1 if -difference > 2 * pooled_std else 0
+
+
 def last_epochs_range(run_dir: Path, epochs: int = 10) -> tuple[list[float], float] | None:
     """Validation accuracy (%) per epoch and its range over the last `epochs`."""
     path = run_dir / "history.csv"
@@ -298,7 +304,7 @@ def methods_vs_kd(table: dict, cells: list, kd: tuple[str, str], seeds: int, not
             lines.append(f"| {label} | {fmt(row)} | — | — | pending | |")
             continue
         difference, pooled = result["difference"], result["pooled_std"]
-        word = "beats KD" if difference > 2 * pooled else "below KD" if -difference > 2 * pooled else "ties KD"
+        word = {1: "beats KD", -1: "below KD", 0: "ties KD"}[side(difference, pooled)]
         lines.append(f"| {label} | {fmt(row)} | {difference:+.2f} | {pooled:.2f} | {word} "
                      f"| {notes.get(ref.key if ref.group == 'features' else ref.name, '') if word != 'beats KD' else ''} |")
     return "\n".join(lines)
@@ -456,7 +462,7 @@ def _compared(table: dict, row: str, base: str, seeds: int) -> str:
     if result["difference"] is None:
         return "pending"
     difference, pooled = result["difference"], result["pooled_std"]
-    word = "better" if difference > 2 * pooled else "worse" if -difference > 2 * pooled else "tie"
+    word = {1: "better", -1: "worse", 0: "tie"}[side(difference, pooled)]
     return f"{difference:+.2f} (2 x pooled std {2 * pooled:.2f}): **{word}**"
 
 
