@@ -100,7 +100,8 @@ SUITES = {
                                 "paper/ekd", "ekd/resnet20_alone", "ekd/ekd_ce", "tuning/oemc_", "tuned/oemc", "online/alone_w",
                                 # the headline's rows that need no choice before the zoo its `best` waits for
                                 "paper/", "headline/teacher", "headline/baseline", "headline/kd",
-                                "features/", "online/", "headline/", "ekd/resnet32_alone"),
+                                "features/", "tuning/dist_", "tuned/dist", "online/", "headline/",
+                                "ekd/resnet32_alone"),
                          headline=True),
 }
 
@@ -280,6 +281,13 @@ def tuning_cells() -> list[Cell]:
             (f"{w}_{a}", f"branch terms {w}, adapter {a}",
              (f"method.branch_weighting={w}", f"method.embedding_adapter={a}"))
             for w in ("mean", "sum") for a in ("if_needed", "always")
+        ]),
+        # DIST's released loss defaults to tau = 1; KD here is best at T = 4 (family `kd`). The tau = 1
+        # candidate is the features row's very config (the same runs).
+        "dist": ("DIST, tau chosen on validation", kd, "distill", "t1", [
+            ("t1", "tau = 1 (the authors' released default)",
+             (_losses({"name": "dist", "weight": 1.0}), "method.student_loss_weight=1.0")),
+            ("t4", "tau = 4", (_losses({"name": "dist", "weight": 1.0, "tau": 4.0}), "method.student_loss_weight=1.0")),
         ]),
         # SFTN's lambda_KL is judged by what it is for: the validation accuracy of a KD student
         # (the validated T) of each candidate teacher; lambda_KL = 3 is sftn/scratch_teacher.

@@ -569,3 +569,18 @@ def test_oemc_table_puts_each_student_next_to_itself_alone():
     last = lines[8].split(" | ")
     assert last[1:3] == ["3,671", "82.00"] and last[column] == "80.00"
     assert lines[9].split(" | ")[column] == "92.00"  # the ensemble
+
+
+def test_soft_target_stats_hand_computed():
+    from benchmarks.soft_targets import soft_target_stats
+
+    logits = np.zeros((2, 10))
+    logits[0, 3] = np.log(999.0)  # top: 999 / (999 + 9) at T = 1; sqrt(999) / (sqrt(999) + 9) at T = 2
+    cold, warm = soft_target_stats(logits, 1.0), soft_target_stats(logits, 2.0)
+    top_cold, top_warm = 999 / 1008, np.sqrt(999) / (np.sqrt(999) + 9)
+    assert cold["mean_top_probability"] == pytest.approx((top_cold + 0.1) / 2)
+    assert cold["mean_other_mass"] == pytest.approx((1 - top_cold + 0.9) / 2)
+    assert cold["share_top_above_0.99"] == 0.5 and warm["share_top_above_0.99"] == 0.0
+    assert warm["mean_top_probability"] == pytest.approx((top_warm + 0.1) / 2)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        soft_target_stats(logits, 0.0)

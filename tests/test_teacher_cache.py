@@ -258,3 +258,22 @@ def test_float16_bits_convert_exactly_for_every_pattern():
     np.testing.assert_array_equal(np.signbit(got[finite]), np.signbit(expected[finite]))  # -0.0 stays -0.0
     np.testing.assert_array_equal(got[np.isinf(expected)], expected[np.isinf(expected)])
     assert np.isnan(got[np.isnan(expected)]).all()
+
+
+@pytest.mark.parametrize("dtype, top_k", [("float16", None), ("float32", 3)])
+def test_epoch_outputs_are_what_training_reads(tmp_path, dtype, top_k):
+    rng = np.random.default_rng(1)
+    inputs = keras.Input((4,))
+    teacher = keras.Model(inputs, keras.layers.Dense(10)(inputs))
+    images = rng.integers(0, 255, size=(7, 4), dtype=np.uint8)
+    cache = TeacherOutputCache.build([teacher], images, np.arange(7) % 10, tmp_path, preprocess=lambda b: b / 255.0,
+                                     top_k=top_k, dtype=dtype, verbose=0)
+    outputs = cache.epoch_outputs(0)["teacher1_logits"]
+    columns = cache.epoch_columns(0)
+    assert outputs.shape == (7, 10) and outputs.dtype == np.float32
+    for i in range(7):
+        np.testing.assert_array_equal(outputs[i], cache.rows(columns, i)["teacher1_logits"])
+    if top_k is None:  # float16 storage of the teacher's own logits
+        np.testing.assert_allclose(outputs, teacher(images / 255.0), rtol=2e-3, atol=2e-3)
+    with pytest.raises(CacheError, match="epochs 0..0; epoch 1"):
+        cache.epoch_outputs(1)

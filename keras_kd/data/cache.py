@@ -340,6 +340,28 @@ class TeacherOutputCache:
                 arrays[f"{key}{suffix}"] = tf.reshape(raw, [self.num_examples, width])
         return arrays
 
+    def epoch_outputs(self, epoch: int) -> dict[str, np.ndarray]:
+        """Every cached output of one epoch as float32 arrays, `{column: (N, *shape)}`,
+        in example order, read back exactly as training reads them (`rows`):
+        what to inspect a cache with (e.g. how soft its logits are at a temperature).
+
+        Example:
+
+        >>> import tempfile, numpy as np
+        >>> from keras_kd import models
+        >>> teacher = models.get("cnn", (28, 28, 1), 10)
+        >>> cache = TeacherOutputCache.build([teacher], np.zeros((3, 28, 28, 1), "uint8"), np.arange(3),
+        ...                                  tempfile.mkdtemp(), preprocess=lambda x: x / 255.0, verbose=0)
+        >>> cache.epoch_outputs(0)["teacher1_logits"].shape
+        (3, 10)
+        """
+        check_count("epoch", epoch)
+        if epoch >= self.epochs:
+            raise CacheError(f"The cache holds epochs 0..{self.epochs - 1}; epoch {epoch} was asked for.")
+        arrays = self.epoch_columns(epoch)
+        rows = tf.data.Dataset.range(self.num_examples).map(lambda index: self.rows(arrays, index))
+        return {key: np.asarray(values) for key, values in rows.batch(self.num_examples).get_single_element().items()}
+
     def rows(self, arrays: dict[str, tf.Tensor], index) -> dict[str, tf.Tensor]:
         """The float32 outputs of example `index` from `epoch_columns` arrays."""
         out = {}
