@@ -22,26 +22,26 @@ def _python_scalar(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-def check_positive(name: str, value: float) -> float:
-    """Returns `value` as a float, raising a clear error unless it is a finite
-    number > 0 (numpy numbers accepted; `True` is not a number here)."""
+def _check_number(name: str, value: float, strict: bool) -> float:
+    """`value` as a float if it is a finite number > 0 (`strict`) or >= 0, else a clear error."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"`{name}` must be a number, got {value!r}.")
     value = _python_scalar(value)
-    if not 0 < value < float("inf"):
-        raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}.")
+    if not (0 < value if strict else 0 <= value) or not value < float("inf"):
+        raise ValueError(f"`{name}` must be a finite number {'>' if strict else '>='} 0, got {value!r}.")
     return float(value)
+
+
+def check_positive(name: str, value: float) -> float:
+    """Returns `value` as a float, raising a clear error unless it is a finite
+    number > 0 (numpy numbers accepted; `True` is not a number here)."""
+    return _check_number(name, value, strict=True)
 
 
 def check_non_negative(name: str, value: float) -> float:
     """Returns `value` as a float, raising a clear error unless it is a finite
     number >= 0 (numpy numbers accepted; `True` is not a number here)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"`{name}` must be a number, got {value!r}.")
-    value = _python_scalar(value)
-    if not 0 <= value < float("inf"):
-        raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}.")
-    return float(value)
+    return _check_number(name, value, strict=False)
 
 
 def check_flag(name: str, value: bool) -> bool:
@@ -78,3 +78,19 @@ def check_count(name: str, value: int | None, minimum: int = 0, optional: bool =
     if value < minimum:
         raise ValueError(f"`{name}` must be {wanted}, got {value!r}.")
     return int(value)
+
+
+def check_index(name: str, value: int, count: int, of: str) -> int:
+    """Returns `value` as an int, raising a clear error unless it is an integer
+    in `1..count` (1-based: branches, students; numpy integers accepted); `of`
+    says what is numbered.
+
+    >>> check_index("index", 3, 2, of="the branches of 'net'")
+    Traceback (most recent call last):
+      ...
+    ValueError: `index` must be in 1..2 (the branches of 'net'), got 3.
+    """
+    value = check_count(name, value)
+    if not 1 <= value <= count:
+        raise ValueError(f"`{name}` must be in 1..{count} ({of}), got {value}.")
+    return value

@@ -244,7 +244,7 @@ def test_clear_errors():
         ONETrainer(network=net, temperature=0.0)
     with pytest.raises(ValueError, match="kl_rampup_epochs"):
         ONETrainer(network=net, kl_rampup_epochs=-1)
-    with pytest.raises(ValueError, match="Branch index must be in 1..2"):
+    with pytest.raises(ValueError, match="`index` must be in 1..2"):
         branch_model(net, 3)
 
 

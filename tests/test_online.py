@@ -11,7 +11,7 @@ from keras_kd import models
 from keras_kd.adapters import HintRegressor
 from keras_kd.distillers.online import OnlineEnsembleDistiller
 from keras_kd.models.layers import scale_channels
-from keras_kd.models.online import STAGES, components, extract_student, online_ensemble
+from keras_kd.models.online import STAGES, components, default_ratios, extract_student, online_ensemble
 
 from conftest import np_cross_entropy, np_soft_target, tiny_model
 
@@ -218,6 +218,7 @@ def test_clear_errors():
             online_ensemble("resnet8", SHAPE, num_students=bad)
     with pytest.raises(TypeError, match="num_students"):
         online_ensemble("resnet8", SHAPE, num_students=2.0)
+    assert default_ratios(np.int64(3)) == (1, Fraction(2, 3), Fraction(1, 3))  # e.g. read from an array
     with pytest.raises(ValueError, match="num_students"):
         online_ensemble("resnet8", SHAPE, width_ratios=[1])
     with pytest.raises(ValueError, match="strictly decrease"):
@@ -248,9 +249,12 @@ def test_clear_errors():
         OnlineEnsembleDistiller(network=network, temperature=0)
     with pytest.raises(TypeError, match="online_ensemble"):
         OnlineEnsembleDistiller(network=3)
-    for bad in (0, 3, True):
-        with pytest.raises(ValueError, match=r"1 \(pseudo teacher\) \.\. 2"):
+    for bad in (0, 3):
+        with pytest.raises(ValueError, match=r"`index` must be in 1\.\.2 \(the students; 1 is the pseudo teacher\)"):
             extract_student(network, bad)
+    with pytest.raises(TypeError, match="`index` must be an integer"):
+        extract_student(network, True)
+    assert extract_student(network, np.int64(2)).output.shape == extract_student(network, 2).output.shape
 
 
 def test_save_load_round_trip(tmp_path):

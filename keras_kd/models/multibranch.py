@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
-from keras_kd.checks import check_count, check_flag
+from keras_kd.checks import check_count, check_flag, check_index
 from keras_kd.models import zoo
 from keras_kd.models.blocks import split
 
@@ -139,8 +139,7 @@ def extract_branch(student: keras.Model, index: int, name: str | None = None) ->
     True
     """
     count = num_branches_of(student)
-    if isinstance(index, bool) or not isinstance(index, int) or not 1 <= index <= count:
-        raise ValueError(f"Branch index must be in 1..{count} for {student.name!r}, got {index!r}.")
+    index = check_index("index", index, count, of=f"the branches of {student.name!r}")
     inputs = keras.Input(shape=tuple(student.inputs[0].shape[1:]), name="image")
     x = inputs
     names = {layer.name for layer in student.layers}

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import keras
 from keras import layers, ops
 
-from keras_kd.checks import check_count
+from keras_kd.checks import check_count, check_index
 from keras_kd.losses.base import LOGITS
 from keras_kd.models import zoo
 from keras_kd.models.blocks import ZOO_BOUNDARIES, split
@@ -198,8 +198,7 @@ def branch_model(network: keras.Model, index: int, name: str | None = None) -> k
     True
     """
     shared, bodies, heads = components(network)
-    if isinstance(index, bool) or not isinstance(index, int) or not 1 <= index <= len(bodies):
-        raise ValueError(f"Branch index must be in 1..{len(bodies)} for {network.name!r}, got {index!r}.")
+    index = check_index("index", index, len(bodies), of=f"the branches of {network.name!r}")
     inputs = keras.Input(shape=tuple(network.inputs[0].shape[1:]), name="image")
     x = inputs
     for block in (shared, bodies[index - 1], heads[index - 1]):

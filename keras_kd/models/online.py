@@ -22,6 +22,7 @@ from fractions import Fraction
 
 import keras
 
+from keras_kd.checks import check_count, check_index
 from keras_kd.models.layers import scale_channels
 from keras_kd.models.zoo import get as zoo_get
 
@@ -48,8 +49,8 @@ def default_ratios(num_students: int) -> tuple[Fraction, ...]:
 
 
 def check_num_students(num_students) -> int:
-    if isinstance(num_students, bool) or not isinstance(num_students, int):
-        raise TypeError(f"`num_students` must be an integer >= 2, got {num_students!r}.")
+    """`num_students` as an int (numpy integers accepted), or a clear error unless it is at least 2."""
+    num_students = check_count("num_students", num_students)
     if num_students < 2:
         raise ValueError(
             f"An online ensemble needs `num_students` >= 2 (a pseudo teacher and at least one "
@@ -215,10 +216,7 @@ def extract_student(network, index: int, name: str | None = None) -> keras.Model
     (`keras_kd.export.export_tflite`) on its own.
     """
     base, branches, _ = components(network)
-    if isinstance(index, bool) or not isinstance(index, int) or not 1 <= index <= len(branches):
-        raise ValueError(
-            f"Students are numbered 1 (pseudo teacher) .. {len(branches)}, got {index!r}."
-        )
+    index = check_index("index", index, len(branches), of="the students; 1 is the pseudo teacher")
     inputs = keras.Input(shape=tuple(base.inputs[0].shape[1:]), name="image")
     logits = branches[index - 1](base(inputs))[-1]
     return keras.Model(inputs, logits, name=name or f"student{index}")
