@@ -190,7 +190,8 @@ def base_cells(p: Protocol) -> list[Cell]:
         # The feature-method half of SFTN's claim for the lambda_KL chosen on validation.
         rows.append(Cell("sftn", "tuned_at", "AT from the SFTN teacher of the lambda_KL chosen on validation",
                          "distill", "at_fmnist.yaml", tuned="sftn"))
-    rows.append(Cell("online", "oemc_no_inter", "OEMC ablation: inter_weight = 0", "train-online",
+    rows.append(Cell("online", "oemc_no_inter", "OEMC ablation: inter_weight = 0, otherwise the config's (CE weight 1)",
+                     "train-online",
                      "online_fmnist.yaml", ("method.inter_weight=0.0",)))
     rows += [
         Cell("online", f"alone_w{j}", f"ResNet8 width {j}/5 alone (CE)", "train-teacher", "kd_fmnist.yaml",
