@@ -736,7 +736,11 @@ def collect(suite: str) -> dict:
         for seed in cell.seeds or SUITES[suite].seeds:
             folder = cell_dir(suite, cell, seed)
             if (folder / "results.json").is_file():
-                results[(cell, seed)] = json.loads((folder / "results.json").read_text())
+                found = json.loads((folder / "results.json").read_text())
+                source = Path(found.get("same_run_as", "")) / "results.json"
+                if "same_run_as" in found and source.is_file():  # the run's own record, as it is now
+                    found = {**json.loads(source.read_text()), "same_run_as": found["same_run_as"]}
+                results[(cell, seed)] = found
                 continue
             try:
                 twins = index.get(_config_key(resolve(suite, cell, seed)))

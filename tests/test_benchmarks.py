@@ -329,6 +329,14 @@ def test_the_page_shows_a_pending_cell_that_will_reuse_a_finished_run(tmp_path, 
     assert table[("tuning", "kd_t4")] == [{"test_accuracy": 0.9}]
     assert table[("paper", "kd")] == [{"test_accuracy": 0.9, "same_run_as": str(folder)}]
     assert run.same_run("standard", paper, 0, run.resolve("standard", paper, 0)) == folder
+    # A copy written by the runner shows its source's record as it is now (e.g. a train time recounted since).
+    copy = run.cell_dir("standard", paper, 0)
+    copy.mkdir(parents=True)
+    (copy / "results.json").write_text(json.dumps({"test_accuracy": 0.9, "train_time_s": 1.0,
+                                                   "same_run_as": str(folder)}))
+    (folder / "results.json").write_text(json.dumps({"test_accuracy": 0.9, "train_time_s": 2.0}))
+    assert run.collect("standard")[("paper", "kd")] == [{"test_accuracy": 0.9, "train_time_s": 2.0,
+                                                         "same_run_as": str(folder)}]
 
 
 def test_a_failing_cell_is_recorded_and_the_suite_goes_on(tmp_path, monkeypatch, capsys):
