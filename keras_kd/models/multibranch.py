@@ -134,7 +134,7 @@ def extract_branch(student: keras.Model, index: int, name: str | None = None) ->
     >>> student = multibranch("resnet8", 2, (28, 28, 1), 10)
     >>> single = extract_branch(student, 2)
     >>> x = np.ones((1, 28, 28, 1), "float32")
-    >>> inside = keras.Model(student.inputs, student.get_layer("branch2").output)(x)
+    >>> inside = keras.Model(student.inputs[0], student.get_layer("branch2").output)(x)
     >>> bool(np.allclose(single(x), inside, atol=1e-6))
     True
     """
