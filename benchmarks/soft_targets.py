@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -35,13 +36,14 @@ def soft_target_stats(logits: np.ndarray, temperature: float) -> dict[str, float
             "share_top_above_0.99": float((top > 0.99).mean())}
 
 
-def cache_stats(cache: TeacherOutputCache, temperatures, column: str = "teacher1_logits") -> dict[str, dict]:
-    """`soft_target_stats` of `column` over every stored epoch of `cache`, per temperature."""
+def cache_stats(cache: TeacherOutputCache, temperatures: Sequence[float], column: str = "teacher1_logits") -> dict[str, dict]:
+    """`soft_target_stats` of `column` over every stored epoch of `cache`, per temperature
+    (for a `top_k` cache, of the logits as training reads them: the rest of the mass spread evenly)."""
     logits = np.concatenate([cache.epoch_outputs(epoch)[column] for epoch in range(cache.epochs)])
     return {f"T={t:g}": soft_target_stats(logits, t) for t in temperatures}
 
 
-def main(argv=None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("cache", help="a teacher-output cache folder")
     parser.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 4.0])

@@ -307,7 +307,8 @@ METHOD_NOTES: dict[str, str] = {
     "dist": "tau = 1, the released loss's default: on its own training views the ResNet20 teacher puts on "
             "average 99.4% of the probability on its top class at tau = 1 (89% of the views above 99%), 66% at "
             "tau = 4 (`python -m benchmarks.soft_targets saved_models/teacher_cache/8fd4fb8b83bdd839`), so at "
-            "tau = 1 the relations it matches carry little beyond the label; family `dist` tries tau = 4",
+            "tau = 1 the relations it matches carry little beyond the label; family `dist` compares tau = 4 on "
+            "validation",
 }
 
 

@@ -72,7 +72,7 @@ def check_count(name: str, value: int | None, minimum: int = 0, optional: bool =
     wanted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
     if optional:
         wanted += " or None"
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+    if not _is_integer(value):
         raise TypeError(f"`{name}` must be {wanted}, got {value!r}.")
     value = _python_scalar(value)
     if value < minimum:
@@ -90,7 +90,14 @@ def check_index(name: str, value: int, count: int, of: str) -> int:
       ...
     ValueError: `index` must be in 1..2 (the branches of 'net'), got 3.
     """
-    value = check_count(name, value)
+    if not _is_integer(value):
+        raise TypeError(f"`{name}` must be an integer in 1..{count} ({of}), got {value!r}.")
+    value = int(_python_scalar(value))
     if not 1 <= value <= count:
         raise ValueError(f"`{name}` must be in 1..{count} ({of}), got {value}.")
     return value
+
+
+def _is_integer(value) -> bool:
+    """An integer of Python or numpy, but not a bool (`True` is not a count)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))

@@ -592,3 +592,16 @@ def test_soft_target_stats_hand_computed():
     assert warm["mean_top_probability"] == pytest.approx((top_warm + 0.1) / 2)
     with pytest.raises(ValueError, match="temperature must be > 0"):
         soft_target_stats(logits, 0.0)
+
+
+def test_tuning_section_in_progress_shows_validation_only_and_the_noise_of_one_seed(tmp_path):
+    cells = run.cells("standard")
+    table = {("tuning", "dist_t1"): [{"validation_accuracy": 0.9025, "test_accuracy": 0.8123}],
+             ("tuning", "kd_t4"): [{"validation_accuracy": 0.9097, "test_accuracy": 0.9}],
+             ("cache", "kd_t4_online"): [{"validation_accuracy": 0.9140, "test_accuracy": 0.9}]}
+    (tmp_path / "tuning").mkdir()
+    text = standard_page.tuning_section(tmp_path, table, cells)
+    assert "**dist** (in progress: 1 of 2 candidates)" in text and "| t1 (tau = 1 (the authors' released default)) | 90.25 |" in text
+    assert "81.23" not in text and "test acc" not in text  # the candidates' test accuracy is not shown
+    assert "land 0.43 validation points apart" in text
+    assert standard_page.noise_note({}) == []

@@ -244,8 +244,13 @@ def test_clear_errors():
         ONETrainer(network=net, temperature=0.0)
     with pytest.raises(ValueError, match="kl_rampup_epochs"):
         ONETrainer(network=net, kl_rampup_epochs=-1)
-    with pytest.raises(ValueError, match="`index` must be in 1..2"):
-        branch_model(net, 3)
+    for bad in (3, 0, -1):
+        with pytest.raises(ValueError, match=r"`index` must be in 1\.\.2 \(the branches of "):
+            branch_model(net, bad)
+    with pytest.raises(TypeError, match=r"`index` must be an integer in 1\.\.2"):
+        branch_model(net, 1.0)
+    with pytest.raises(TypeError, match=r"`index` must be an integer in 1\.\.2"):
+        extract_branch(net, True)
 
 
 class Context(registry.BuildContext):

@@ -273,7 +273,24 @@ def test_epoch_outputs_are_what_training_reads(tmp_path, dtype, top_k):
     assert outputs.shape == (7, 10) and outputs.dtype == np.float32
     for i in range(7):
         np.testing.assert_array_equal(outputs[i], cache.rows(columns, i)["teacher1_logits"])
+    logits = np.asarray(teacher(images / 255.0))
     if top_k is None:  # float16 storage of the teacher's own logits
-        np.testing.assert_allclose(outputs, teacher(images / 255.0), rtol=2e-3, atol=2e-3)
-    with pytest.raises(CacheError, match="epochs 0..0; epoch 1"):
-        cache.epoch_outputs(1)
+        np.testing.assert_allclose(outputs, logits, rtol=2e-3, atol=2e-3)
+    else:  # the teacher's own top-3 probabilities (independent of `rows`)
+        probs = np.exp(logits - logits.max(1, keepdims=True))
+        probs /= probs.sum(1, keepdims=True)
+        top = np.argsort(-probs, axis=1)[:, :3]
+        np.testing.assert_allclose(np.take_along_axis(np.exp(outputs), top, 1), np.take_along_axis(probs, top, 1),
+                                   rtol=1e-5)
+    # Unaugmented: its one stored epoch serves every epoch, as in training.
+    np.testing.assert_array_equal(cache.epoch_outputs(5)["teacher1_logits"], outputs)
+
+
+def test_epoch_outputs_refuses_an_epoch_an_augmented_cache_lacks(tmp_path):
+    teacher = models.get("cnn", SHAPE, 10)
+    images, labels = data.load_arrays("synthetic", "train", subset_fraction=0.01)
+    cache = TeacherOutputCache.build([teacher], images, labels, tmp_path, preprocess=standardize,
+                                     augmentation=Augmentation(pad=2, seed=0), epochs=2, verbose=0)
+    assert not np.array_equal(cache.epoch_outputs(0)["teacher1_logits"], cache.epoch_outputs(1)["teacher1_logits"])
+    with pytest.raises(CacheError, match=r"holds epochs 0\.\.1; epoch 2 was asked for"):
+        cache.epoch_outputs(2)

@@ -341,9 +341,15 @@ class TeacherOutputCache:
         return arrays
 
     def epoch_outputs(self, epoch: int) -> dict[str, np.ndarray]:
-        """Every cached output of one epoch as float32 arrays, `{column: (N, *shape)}`,
-        in example order, read back exactly as training reads them (`rows`):
-        what to inspect a cache with (e.g. how soft its logits are at a temperature).
+        """Every cached output of one training epoch as float32 arrays,
+        `{column: (N, *shape)}`, in example order, read back exactly as training
+        reads them (`rows`): what to inspect a cache with (e.g. how soft its
+        logits are at a temperature). A cache without augmentation serves its one
+        stored epoch to every epoch; a `top_k` logits column holds the top-k
+        log-probabilities with the rest of the mass spread evenly (see the class).
+
+        Raises:
+            CacheError: for an augmented cache, an epoch it does not hold.
 
         Example:
 
@@ -355,8 +361,10 @@ class TeacherOutputCache:
         >>> cache.epoch_outputs(0)["teacher1_logits"].shape
         (3, 10)
         """
-        check_count("epoch", epoch)
-        if epoch >= self.epochs:
+        epoch = check_count("epoch", epoch)
+        if self.augmentation is None:
+            epoch = 0
+        elif epoch >= self.epochs:
             raise CacheError(f"The cache holds epochs 0..{self.epochs - 1}; epoch {epoch} was asked for.")
         arrays = self.epoch_columns(epoch)
         rows = tf.data.Dataset.range(self.num_examples).map(lambda index: self.rows(arrays, index))

@@ -44,19 +44,19 @@ def default_ratios(num_students: int) -> tuple[Fraction, ...]:
     >>> [str(r) for r in default_ratios(4)]
     ['1', '3/4', '1/2', '1/4']
     """
-    check_num_students(num_students)
+    num_students = check_num_students(num_students)
     return tuple(Fraction(num_students - j, num_students) for j in range(num_students))
 
 
 def check_num_students(num_students) -> int:
     """`num_students` as an int (numpy integers accepted), or a clear error unless it is at least 2."""
-    num_students = check_count("num_students", num_students)
-    if num_students < 2:
+    try:
+        return check_count("num_students", num_students, minimum=2)  # TypeError: not an integer
+    except ValueError:
         raise ValueError(
             f"An online ensemble needs `num_students` >= 2 (a pseudo teacher and at least one "
             f"smaller student), got {num_students}."
-        )
-    return num_students
+        ) from None
 
 
 def check_ratios(width_ratios: Sequence[Ratio]) -> tuple[Ratio, ...]:
@@ -216,7 +216,7 @@ def extract_student(network, index: int, name: str | None = None) -> keras.Model
     (`keras_kd.export.export_tflite`) on its own.
     """
     base, branches, _ = components(network)
-    index = check_index("index", index, len(branches), of="the students; 1 is the pseudo teacher")
+    index = check_index("index", index, len(branches), of=f"the students of {network.name!r}; 1 is the pseudo teacher")
     inputs = keras.Input(shape=tuple(base.inputs[0].shape[1:]), name="image")
     logits = branches[index - 1](base(inputs))[-1]
     return keras.Model(inputs, logits, name=name or f"student{index}")
