@@ -605,3 +605,23 @@ def test_tuning_section_in_progress_shows_validation_only_and_the_noise_of_one_s
     assert "81.23" not in text and "test acc" not in text  # the candidates' test accuracy is not shown
     assert "land 0.43 validation points apart" in text
     assert standard_page.noise_note({}) == []
+
+
+def test_headline_best_scores_every_row_without_the_seed_the_tuning_used(tmp_path, monkeypatch):
+    import dataclasses
+
+    monkeypatch.setitem(run.SUITES, "standard", dataclasses.replace(run.SUITES["standard"], root=str(tmp_path)))
+    # The winning candidate's seed-0 run stands for tuned/kd, paper/kd and features/kd alike.
+    scores = {(group, "kd"): (0.99, 0.905, 0.905) for group in ("tuned", "paper", "features")}
+    scores[("features", "dkd")] = (0.89, 0.91, 0.91)
+    for cell in run.cells("standard"):
+        if cell.regime == "10%" and cell.kind == "distill" and cell.group in ("features", "tuned", "paper"):
+            for seed, accuracy in enumerate(scores.get((cell.group, cell.key), (0.90, 0.90, 0.90))):
+                folder = run.cell_dir("standard", cell, seed)
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "results.json").write_text(json.dumps({"validation_accuracy": accuracy}))
+    best = run.best_row("standard")  # with seed 0: KD 0.933 against DKD 0.903
+    assert (best.group, best.key) == ("features", "dkd")
+    record = json.loads((tmp_path / "tuning" / "headline_best.json").read_text())
+    assert record["mean_validation_accuracy"]["tuned/kd"] == pytest.approx(0.905)
+    assert record["mean_validation_accuracy"]["features/dkd"] == pytest.approx(0.91)
