@@ -78,7 +78,8 @@ def _add_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resume", action="store_true", help="continue an interrupted run from its last epoch checkpoint."
     )
-    parser.add_argument("--method", help="shortcut for --set method=NAME (see `keras-kd methods`).")
+    parser.add_argument("--method", help="shortcut for --set method=NAME (see `keras-kd methods`): it replaces the "
+                        "config's whole method section, options included; set options with --set method.OPTION=...")
 
 
 def build_parser() -> argparse.ArgumentParser:
