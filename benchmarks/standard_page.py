@@ -342,8 +342,11 @@ def methods_vs_kd(table: dict, cells: list, kd: tuple[str, str], seeds: int, not
             continue
         difference, pooled = result["difference"], result["pooled_std"]
         word = {1: "beats KD", -1: "below KD", 0: "ties KD"}[side(difference, pooled)]
-        lines.append(f"| {label} | {fmt(row)} | {difference:+.2f} | {pooled:.2f} | {word} "
-                     f"| {notes.get(ref.key if ref.group == 'features' else ref.name, '') if word != 'beats KD' else ''} |")
+        twin = next((other for other, twin_ref in rows if twin_ref != ref and ref.metric == "test_accuracy"
+                     and _runs(table.get((twin_ref.group, twin_ref.key), [])) == _runs(results)), None)
+        note = (f"the same runs as the row {twin}" if twin else
+                notes.get(ref.key if ref.group == "features" else ref.name, "") if word != "beats KD" else "")
+        lines.append(f"| {label} | {fmt(row)} | {difference:+.2f} | {pooled:.2f} | {word} | {note} |")
     return "\n".join(lines)
 
 

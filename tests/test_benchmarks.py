@@ -625,3 +625,17 @@ def test_headline_best_scores_every_row_without_the_seed_the_tuning_used(tmp_pat
     record = json.loads((tmp_path / "tuning" / "headline_best.json").read_text())
     assert record["mean_validation_accuracy"]["tuned/kd"] == pytest.approx(0.905)
     assert record["mean_validation_accuracy"]["features/dkd"] == pytest.approx(0.91)
+
+
+def test_a_validated_row_that_chose_the_features_setting_says_it_is_the_same_runs():
+    kd = [{"test_accuracy": a, "train_time_s": 1.0} for a in (0.900, 0.905, 0.910)]
+    dist = [{"test_accuracy": a, "train_time_s": 2.0} for a in (0.895, 0.900, 0.905)]
+    table = {("tuned", "kd"): kd, ("features", "dist"): dist, ("tuned", "dist"): [dict(r) for r in dist]}
+    cells = [run.Cell("features", "dist", "DIST", "distill", "kd_fmnist.yaml")]
+    extra = (("DIST, validated", standard_page.Ref("tuned", "dist")),)
+    text = standard_page.methods_vs_kd(table, cells, ("tuned", "kd"), 3, {"dist": "why", "tuned/dist": "other"}, extra)
+    assert "| DIST | 90.00 ± 0.50 | -0.50 | 0.50 | ties KD | why |" in text
+    assert "| DIST, validated | 90.00 ± 0.50 | -0.50 | 0.50 | ties KD | the same runs as the row DIST |" in text
+    table[("tuned", "dist")] = [{**r, "train_time_s": 3.0} for r in dist]  # other runs, same accuracies
+    assert "| DIST, validated | 90.00 ± 0.50 | -0.50 | 0.50 | ties KD | other |" in standard_page.methods_vs_kd(
+        table, cells, ("tuned", "kd"), 3, {"dist": "why", "tuned/dist": "other"}, extra)
