@@ -55,10 +55,11 @@ def main_table(table: dict, cells: list) -> str:
         results = table[(cell.group, cell.key)]
         full = table.get((f"{cell.group}_full", cell.key), [])
         first = (results or full or [{}])[0]
-        seconds = np.mean([r["train_time_s"] for r in results]) if results else np.nan
+        seconds = f"{np.mean([r['train_time_s'] for r in results]):.0f}" if results else "—"
+        size = f"{first['params']:,} | {first['macs']:,}" if first else "— | —"
         rows.append(
             f"| {cell.group} | {cell.label} | {fmt(accuracies(results))} | {fmt(accuracies(full)) if full else 'not run'} "
-            f"| {first.get('params', 0):,} | {first.get('macs', 0):,} | {seconds:.0f} |"
+            f"| {size} | {seconds} |"
         )
     return "\n".join(rows)
 

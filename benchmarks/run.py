@@ -738,12 +738,22 @@ def run_cell(suite: str, cell: Cell, seed: int) -> dict:
 def collect(suite: str) -> dict:
     """{(group, key): [results per seed]} of every finished cell on disk, and
     of every cell not run yet whose config is exactly that of a finished run
-    (the runner will reuse that run: `same_run`), so the page shows it now."""
-    index, results = finished_by_config(suite), {}
+    (the runner will reuse that run: `same_run`), so the page shows it now.
+    A cell whose saved config is not what the current code resolves (its
+    recipe changed since it ran) is left out, with a warning: its numbers
+    would stand under a row that now means something else."""
+    index, results, stale = finished_by_config(suite), {}, []
     for cell in cells(suite):
         for seed in cell.seeds or SUITES[suite].seeds:
             folder = cell_dir(suite, cell, seed)
             if (folder / "results.json").is_file():
+                try:
+                    current = finished(folder, resolve(suite, cell, seed)) is not None
+                except TuningPendingError:
+                    current = False
+                if not current:
+                    stale.append(str(folder))
+                    continue
                 found = json.loads((folder / "results.json").read_text())
                 source = Path(found.get("same_run_as", "")) / "results.json"
                 if "same_run_as" in found and source.is_file():  # the run's own record, as it is now
@@ -757,6 +767,10 @@ def collect(suite: str) -> dict:
             if twins:
                 results[(cell, seed)] = {**json.loads((twins[0] / "results.json").read_text()),
                                          "same_run_as": str(twins[0])}
+    if stale:
+        print(f"[{suite}] {len(stale)} finished cell(s) ran on another recipe than their row's current one and "
+              f"are left off the page until they run again (`--check` says what changed): "
+              + ", ".join(stale[:5]) + (" ..." if len(stale) > 5 else ""), file=sys.stderr, flush=True)
     return {(cell.group, cell.key): [results[(cell, seed)] for seed in cell.seeds or SUITES[suite].seeds
                                      if (cell, seed) in results]
             for cell in cells(suite)}

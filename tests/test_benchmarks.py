@@ -332,11 +332,33 @@ def test_the_page_shows_a_pending_cell_that_will_reuse_a_finished_run(tmp_path, 
     # A copy written by the runner shows its source's record as it is now (e.g. a train time recounted since).
     copy = run.cell_dir("standard", paper, 0)
     copy.mkdir(parents=True)
+    (copy / "config.yaml").write_text(run.dump(run.resolve("standard", paper, 0)))
     (copy / "results.json").write_text(json.dumps({"test_accuracy": 0.9, "train_time_s": 1.0,
                                                    "same_run_as": str(folder)}))
     (folder / "results.json").write_text(json.dumps({"test_accuracy": 0.9, "train_time_s": 2.0}))
     assert run.collect("standard")[("paper", "kd")] == [{"test_accuracy": 0.9, "train_time_s": 2.0,
                                                          "same_run_as": str(folder)}]
+
+
+def test_a_cell_that_ran_on_another_recipe_is_left_off_the_page(tmp_path, monkeypatch, capsys):
+    import dataclasses
+
+    monkeypatch.setitem(run.SUITES, "standard", dataclasses.replace(run.SUITES["standard"], root=str(tmp_path)))
+    cell = next(c for c in run.cells("standard") if (c.group, c.key) == ("features", "dist"))
+    folder = run.cell_dir("standard", cell, 0)
+    folder.mkdir(parents=True)
+    config = run.resolve("standard", cell, 0)
+    (folder / "config.yaml").write_text(run.dump(config))
+    (folder / "results.json").write_text(json.dumps({"test_accuracy": 0.9}))
+    assert run.collect("standard")[("features", "dist")] == [{"test_accuracy": 0.9}]
+    import yaml
+
+    changed = yaml.safe_load(run.dump(config))
+    changed["method"]["losses"][0]["tau"] = 4.0  # the recipe it ran on differs from the row's current one
+    (folder / "config.yaml").write_text(yaml.safe_dump(changed))
+    assert run.runs.config_changes(folder, config) == ["method.losses"]  # a config that loads, one key apart
+    assert run.collect("standard")[("features", "dist")] == []
+    assert "1 finished cell(s) ran on another recipe" in capsys.readouterr().err
 
 
 def test_a_failing_cell_is_recorded_and_the_suite_goes_on(tmp_path, monkeypatch, capsys):
