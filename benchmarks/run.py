@@ -240,8 +240,7 @@ def best_row(suite: str) -> Cell | None:
                   and c.group in ("features", "tuned", "paper") and c.key not in ("ekd", "oemc", "sftn")]
     scores = {}
     for cell in candidates:
-        seeds = cell.seeds or p.seeds
-        found = [cell_dir(suite, cell, seed) / "results.json" for seed in seeds]
+        found = [cell_dir(suite, cell, seed) / "results.json" for seed in (cell.seeds or p.seeds)]
         if not all(path.is_file() for path in found):
             return None
         scored = found[1:]
@@ -743,15 +742,12 @@ def collect(suite: str) -> dict:
     recipe changed since it ran) is left out, with a warning: its numbers
     would stand under a row that now means something else."""
     index, results, stale = finished_by_config(suite), {}, []
+    current = {folder for folders in index.values() for folder in folders}  # results of the row's own config
     for cell in cells(suite):
         for seed in cell.seeds or SUITES[suite].seeds:
             folder = cell_dir(suite, cell, seed)
             if (folder / "results.json").is_file():
-                try:
-                    current = finished(folder, resolve(suite, cell, seed)) is not None
-                except TuningPendingError:
-                    current = False
-                if not current:
+                if folder not in current:
                     stale.append(str(folder))
                     continue
                 found = json.loads((folder / "results.json").read_text())

@@ -32,8 +32,9 @@ class DISTLoss(DistillationLoss):
     the teacher's ranking without its scale, which is what makes DIST robust
     to large teacher-student gaps. Defaults `beta = gamma = tau = 1` follow the
     authors' released implementation; Pearson floors the norm product at
-    1e-8 (theirs adds 1e-8 to it: the same values unless a row is constant). `logit_standardization=True` z-scores the logits
-    before `tau` (Sun et al., CVPR 2024).
+    1e-8 (theirs adds 1e-8 to it: the same values unless a row is constant).
+    `logit_standardization=True` z-scores the logits before `tau` (Sun et
+    al., CVPR 2024).
 
     Example:
 
